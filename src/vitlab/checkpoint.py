@@ -1,0 +1,190 @@
+"""vitlab checkpoint directories: config.json (model name + constructor arguments + class names) + model.safetensors.
+
+    save_model(model, dir, classes=...)   -> writes both files atomically
+    load_model(path, num_classes=, img_size=) -> nn.Module rebuilt from config.json, weights loaded
+
+Foreign formats (HF transformers, timm, Google .npz) are read by vitlab.convert and arrive here as a vitlab state
+dict. Loading adapts a checkpoint to the requested model: a fresh head when num_classes differs (with a notice),
+resampled position embeddings when img_size differs (the model's `adapt_state_dict`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import VitlabError
+from .io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def model_config(model: nn.Module, classes: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """The config.json content that rebuilds `model` through create_model."""
+    name = getattr(model, "vitlab_name", None)
+    if name is None:
+        raise ValueError("model was not built by vitlab.create_model: its name is unknown")
+    cfg = getattr(model, "cfg", None)
+    out: dict[str, Any] = {"format": "vitlab", "format_version": FORMAT_VERSION, "model": name,
+                           "model_args": _jsonable(dict(getattr(model, "vitlab_args", {})))}
+    if cfg is not None and hasattr(cfg, "mean"):
+        out["mean"], out["std"] = list(cfg.mean), list(cfg.std)
+    if classes is not None:
+        out["classes"] = list(classes)
+    out.update(extra)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def save_weights(state_dict: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (contiguous, de-aliased copies, so tied tensors save too)."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def save_model(model: nn.Module, directory: str | Path, classes: list[str] | None = None,
+               metadata: dict[str, str] | None = None, **extra: Any) -> Path:
+    """Save config.json + model.safetensors into `directory` (created if needed). Returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), directory / WEIGHTS_NAME, metadata)
+    write_json(directory / CONFIG_NAME, model_config(model, classes, **extra))
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VitlabError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VitlabError(f"{path}: not valid JSON ({e})") from None
+    return cfg
+
+
+def is_vitlab_dir(path: str | Path) -> bool:
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        return False
+    try:
+        return json.loads((path / CONFIG_NAME).read_text()).get("format") == "vitlab"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise VitlabError(f"{path}: no such file") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise VitlabError(f"{path}: cannot read safetensors ({e})") from None
+
+
+def load_model(path: str | Path, *, name: str | None = None, num_classes: int | None = None,
+               img_size: int | tuple[int, int] | None = None, **overrides: Any) -> nn.Module:
+    """Rebuild a model from a checkpoint (a vitlab directory, or any format vitlab.convert reads).
+
+    `name` may override the architecture recorded in the checkpoint (it must be compatible); num_classes and
+    img_size adapt it for fine-tuning. The model comes back in eval mode with `model.vitlab_meta` holding the
+    checkpoint's config (class names, normalisation).
+    """
+    from .convert import read_checkpoint  # foreign formats live there
+
+    ckpt = read_checkpoint(path)
+    model_name = name or ckpt.model
+    args = {**ckpt.model_args, **overrides}
+    classes = ckpt.meta.get("classes")
+    src_classes = args.get("num_classes")
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    if img_size is not None:
+        args["img_size"] = img_size
+    from .registry import create_model
+
+    model = create_model(model_name, **args)
+    load_weights(model, ckpt.state_dict, interpolation=ckpt.interpolation, antialias=ckpt.antialias)
+    if num_classes is not None and src_classes is not None and num_classes != src_classes:
+        classes = None
+    model.vitlab_meta = {k: v for k, v in ckpt.meta.items() if k != "classes"} | ({"classes": classes} if classes
+                                                                                   else {})
+    return model.eval()
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor], *, interpolation: str = "bicubic",
+                 antialias: bool = False) -> list[str]:
+    """Load a vitlab state dict into `model`, adapting what may differ and refusing what may not.
+
+    Head weights of another shape are left fresh (fine-tuning to new classes) with one logged notice; the
+    model's `adapt_state_dict` resamples position embeddings and the like. Any other missing, unexpected or
+    mis-shaped key raises VitlabError listing them grouped. Returns the keys left at their initial values.
+    """
+    if hasattr(model, "adapt_state_dict"):
+        state_dict = model.adapt_state_dict(dict(state_dict), mode=interpolation, antialias=antialias)
+    own = model.state_dict()
+    head_keys = {k for k in own if _is_head_key(k)}
+    fresh = [k for k in head_keys if k in state_dict and state_dict[k].shape != own[k].shape]
+    fresh += [k for k in head_keys if k not in state_dict]
+    sd = {k: v for k, v in state_dict.items() if k not in fresh}
+    missing = [k for k in own if k not in sd and k not in fresh]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd
+                  if k in own and sd[k].shape != own[k].shape]
+    # A checkpoint without a head loads into a model with one (and vice versa) as a fresh / dropped head.
+    unexpected_heads = [k for k in unexpected if _is_head_key(k)]
+    unexpected = [k for k in unexpected if not _is_head_key(k)]
+    if missing or unexpected or mismatched:
+        raise VitlabError("checkpoint does not fit the model: " + "; ".join(
+            f"{label}: {group_keys(keys)}" for label, keys in
+            (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if keys))
+    sd = {k: v for k, v in sd.items() if k in own}
+    with torch.no_grad():
+        model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in sd.items()}}, strict=True)
+    if fresh or unexpected_heads:
+        log.warning("new classifier head (not loaded from the checkpoint): %s", group_keys(sorted(fresh)))
+    return sorted(fresh)
+
+
+def _is_head_key(key: str) -> bool:
+    return key.split(".")[0] in ("head", "head_dist", "fc", "classifier")
+
+
+def group_keys(keys: list[str], limit: int = 8) -> str:
+    """Summarise keys by pattern: 'blocks.{0..11}.attn.qkv.weight' rather than twelve lines."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for k in keys:
+        parts = k.split(" ")[0].split(".")
+        pattern = ".".join("#" if p.isdigit() else p for p in parts)
+        nums = [p for p in parts if p.isdigit()]
+        groups[pattern + (" " + " ".join(k.split(" ")[1:]) if " " in k else "")].append(".".join(nums))
+    out = []
+    for pattern, nums in groups.items():
+        if len(nums) > 1 and all(nums):
+            idx = sorted({int(n.split(".")[0]) for n in nums})
+            rng = f"{{{idx[0]}..{idx[-1]}}}" if idx == list(range(idx[0], idx[-1] + 1)) else "{" + ",".join(
+                map(str, idx)) + "}"
+            out.append(pattern.replace("#", rng, 1).replace("#", "*"))
+        else:
+            out.append(pattern.replace("#", nums[0].split(".")[0] if nums and nums[0] else "#", 1))
+    shown = ", ".join(out[:limit])
+    return shown + (f" (+{len(out) - limit} more)" if len(out) > limit else "")

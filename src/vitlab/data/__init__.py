@@ -1,0 +1,1 @@
+"""Data: sources -> robust decode -> uint8 tensors -> loaders. See vitlab.data.build_data."""

@@ -1,0 +1,9 @@
+"""The shared layers every vitlab model is built from."""
+from .attention import Attention, explicit_attention
+from .drop import DropPath, drop_path, drop_path_rates
+from .mlp import Mlp
+from .patch_embed import PatchEmbed, to_2tuple
+from .pos_embed import resample_pos_embed, sincos_2d
+
+__all__ = ["Attention", "explicit_attention", "DropPath", "drop_path", "drop_path_rates", "Mlp", "PatchEmbed",
+           "to_2tuple", "resample_pos_embed", "sincos_2d"]

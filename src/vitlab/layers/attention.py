@@ -1,0 +1,79 @@
+"""The one multi-head attention of vitlab.
+
+Two numerically equal paths live in the same module, chosen per module by its `fused` attribute (no global flag):
+- fused (training/inference): torch.nn.functional.scaled_dot_product_attention;
+- explicit (analysis): softmax(Q K^T / sqrt(d) + bias) V, whose weights pass through `self.weights`, an identity
+  module, so a forward hook on it sees them (this is how vitlab.explain records attention).
+Every attention variant (windowed, axial, low-rank, pooled, ...) subclasses Attention and reuses `attend`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+                       scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """softmax(q k^T * scale + mask) v, returning (out, weights).
+
+    q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv) -> out (..., Nq, dv), weights (..., Nq, Nk).
+    attn_mask follows scaled_dot_product_attention: bool (True = may attend) or an additive float bias.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q * scale) @ k.transpose(-2, -1)                      # (..., Nq, Nk)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. 2017) with a fused q/k/v projection.
+
+    x (B, N, dim) -> (B, N, dim). `attn_mask` (broadcastable to (B, heads, N, N)): bool (True = attend) or
+    additive float bias (e.g. Swin's relative position bias plus shift mask).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, fused: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused = fused                     # False: explicit path, weights visible to hooks on self.weights
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.weights = nn.Identity()           # probe: receives softmax weights (B, heads, Nq, Nk) on the explicit path
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        B, N, C = x.shape                                                          # batch, tokens, channels
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                             # each (B, heads, N, head_dim)
+        x = self.attend(q, k, v, attn_mask)                                        # (B, heads, N, head_dim)
+        x = x.transpose(1, 2).reshape(B, N, C)                                     # (B, N, heads * head_dim)
+        return self.proj_drop(self.proj(x))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """The attention core on split heads: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d)."""
+        if self.fused:
+            p = self.attn_drop.p if self.training else 0.0
+            if attn_mask is not None and attn_mask.dtype != torch.bool:
+                attn_mask = attn_mask.to(q.dtype)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
+        scores = (q * self.scale) @ k.transpose(-2, -1)                            # (B, h, Nq, Nk)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        weights = self.weights(scores.softmax(dim=-1))
+        return self.attn_drop(weights) @ v

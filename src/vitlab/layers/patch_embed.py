@@ -1,0 +1,39 @@
+"""Image to patch tokens."""
+from __future__ import annotations
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import VitlabError
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
+
+
+class PatchEmbed(nn.Module):
+    """Split an image into non-overlapping patches and project each linearly (a conv with stride = patch).
+
+    x (B, C, H, W) -> tokens (B, H/p * W/p, dim) in row-major patch order, or (B, dim, H/p, W/p) if flatten=False.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
+                 in_chans: int = 3, dim: int = 768, bias: bool = True, flatten: bool = True) -> None:
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        for s, p in zip(self.img_size, self.patch_size):
+            if s % p:
+                raise VitlabError(f"image size {self.img_size[0]}x{self.img_size[1]} is not divisible by the "
+                                  f"patch size {self.patch_size[0]}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.flatten = flatten
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        if (H, W) != self.img_size:
+            raise VitlabError(f"input is {H}x{W} but the model was built for {self.img_size[0]}x{self.img_size[1]}")
+        x = self.proj(x)                                   # (B, dim, H/p, W/p)
+        return x.flatten(2).transpose(1, 2) if self.flatten else x   # (B, N, dim)

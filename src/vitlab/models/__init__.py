@@ -1,0 +1,1 @@
+"""One file per paper. Every module here registers its variants on import (see vitlab.registry)."""
