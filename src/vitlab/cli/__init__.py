@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
     try:
-        return int(args.func(args) or 0)
+        rc = args.func(args)
+        return rc if isinstance(rc, int) else 0
     except VitlabError as e:
         print(f"vitlab {args.command}: error: {e}", file=sys.stderr)
         return 2
