@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..errors import VitlabError
 from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, resample_pos_embed, sincos_2d, to_2tuple
+from ..layers.efficient_attention import make_attention
 from ..registry import register_model
 
 
@@ -39,6 +40,10 @@ class ViTConfig:
     drop_rate: float = 0.0                  # dropout after position embedding and before the head
     attn_drop_rate: float = 0.0             # dropout on attention weights
     drop_path_rate: float = 0.0             # stochastic depth, rising linearly to this rate over the blocks
+    attention: str = "full"                 # full|local|strided|axial|linformer|kv_pool (layers.efficient_attention)
+    attn_window: int = 0                    # local/strided: block length l (0 = ceil(sqrt(patches)), O(n sqrt n))
+    linformer_k: int = 64                   # linformer: keys/values projected to k positions
+    sr_ratio: int = 2                       # kv_pool: keys/values from the grid reduced r x r
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)   # input normalisation the weights expect
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     extra: dict[str, Any] = field(default_factory=dict)  # room for relatives' settings
@@ -103,8 +108,12 @@ class VisionTransformer(nn.Module):
 
     def make_block(self, index: int, drop_path: float) -> nn.Module:
         c = self.cfg
+        attn = make_attention(c.attention, c.dim, c.num_heads, grid_size=self.grid_size,
+                              num_prefix_tokens=self.num_prefix_tokens, qkv_bias=c.qkv_bias,
+                              attn_drop=c.attn_drop_rate, proj_drop=c.drop_rate, window=c.attn_window,
+                              linformer_k=c.linformer_k, sr_ratio=c.sr_ratio)
         return Block(c.dim, c.num_heads, c.mlp_ratio, c.qkv_bias, c.drop_rate, c.attn_drop_rate, drop_path,
-                     c.norm_eps)
+                     c.norm_eps, attn=attn)
 
     def prefix_tokens(self, batch: int) -> list[Tensor]:
         """Tokens placed before the patches, each (B, 1, dim)."""
