@@ -1,0 +1,1 @@
+"""Tests for vitlab.data (a package so its module names cannot clash with other test folders)."""
