@@ -15,10 +15,13 @@ class PatchEmbed(nn.Module):
     """Split an image into non-overlapping patches and project each linearly (a conv with stride = patch).
 
     x (B, C, H, W) -> tokens (B, H/p * W/p, dim) in row-major patch order, or (B, dim, H/p, W/p) if flatten=False.
+    strict_img_size=False lets models without a fixed-size position embedding (CPVT, ConvMixer) take any input
+    whose sides are multiples of the patch; `grid_size`/`num_patches` then describe the built size only.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
-                 in_chans: int = 3, dim: int = 768, bias: bool = True, flatten: bool = True) -> None:
+                 in_chans: int = 3, dim: int = 768, bias: bool = True, flatten: bool = True,
+                 strict_img_size: bool = True) -> None:
         super().__init__()
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
@@ -29,11 +32,14 @@ class PatchEmbed(nn.Module):
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.flatten = flatten
+        self.strict_img_size = strict_img_size
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        if (H, W) != self.img_size:
+        if self.strict_img_size and (H, W) != self.img_size:
             raise VitlabError(f"input is {H}x{W} but the model was built for {self.img_size[0]}x{self.img_size[1]}")
+        if not self.strict_img_size and (H % self.patch_size[0] or W % self.patch_size[1]):
+            raise VitlabError(f"input is {H}x{W}: not a multiple of the patch size {self.patch_size[0]}")
         x = self.proj(x)                                   # (B, dim, H/p, W/p)
         return x.flatten(2).transpose(1, 2) if self.flatten else x   # (B, N, dim)

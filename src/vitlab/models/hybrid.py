@@ -1,0 +1,91 @@
+"""Hybrid ViT (Dosovitskiy et al. 2021, §3.1 "Hybrid Architecture").
+
+"As an alternative to raw image patches, the input sequence can be formed from feature maps of a CNN": a ResNet
+turns the image into a (C, h, w) feature map, and the patch embedding E of eq. 1 is applied to patches of size
+1x1 of that map, i.e. a 1x1 convolution C -> dim. Everything after that is the plain ViT.
+
+The paper's backbone is a BiT ResNet (GroupNorm + weight standardisation); ours is vitlab's ResNet with batch norm,
+which has the same parameter count. `vit_small_r26_s32_224` mirrors timm's model of that name: ResNet-26 (four
+stages of two bottlenecks, stride 32) under a ViT-S.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import VitlabError
+from ..layers import to_2tuple
+from ..registry import register_model
+from .resnet import ResNet, ResNetConfig
+from .vit import SIZES, VisionTransformer, ViTConfig
+
+
+class HybridEmbed(nn.Module):
+    """CNN feature map as the patch sequence: (B, 3, H, W) -> (B, h*w, dim), h = H / backbone stride.
+
+    Offers PatchEmbed's interface (img_size, patch_size, grid_size, num_patches, proj) so the ViT around it is
+    unchanged; `patch_size` is the backbone's stride in pixels.
+    """
+
+    def __init__(self, backbone: ResNet, img_size: int | tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.img_size = to_2tuple(img_size)
+        stride = backbone.cfg.stride
+        if self.img_size[0] % stride or self.img_size[1] % stride:
+            raise VitlabError(f"image size {self.img_size[0]}x{self.img_size[1]} is not divisible by the "
+                              f"backbone stride {stride}")
+        self.patch_size = (stride, stride)
+        self.grid_size = (self.img_size[0] // stride, self.img_size[1] // stride)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(backbone.num_features, dim, kernel_size=1)   # patch size 1 on the feature map
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        if (H, W) != self.img_size:
+            raise VitlabError(f"input is {H}x{W} but the model was built for {self.img_size[0]}x{self.img_size[1]}")
+        x = self.proj(self.backbone.forward_features(x))                    # (B, dim, h, w)
+        return x.flatten(2).transpose(1, 2)                                 # (B, h*w, dim)
+
+
+class HybridViT(VisionTransformer):
+    """ViT whose patch embedding is a ResNet + 1x1 projection. cfg.extra["backbone"]: ResNetConfig fields
+    (block, layers, widths, stem, stem_width); cfg.patch_size is ignored (the backbone stride replaces it)."""
+
+    def __init__(self, cfg: ViTConfig | None = None, **kwargs: Any) -> None:
+        cfg = ViTConfig(**{**asdict(cfg or ViTConfig()), **kwargs})
+        backbone = ResNet(ResNetConfig(**cfg.extra.get("backbone", {}), img_size=cfg.img_size, num_classes=0,
+                                       in_chans=cfg.in_chans))
+        # ViT's own PatchEmbed is built with the backbone stride as patch size, so that its grid (and hence the
+        # position embedding) is the feature map's; it is then replaced by the hybrid embedding.
+        super().__init__(cfg, patch_size=backbone.cfg.stride)
+        self.patch_embed = HybridEmbed(backbone, self.cfg.img_size, self.cfg.dim)
+        w = self.patch_embed.proj.weight
+        nn.init.trunc_normal_(w.view(w.shape[0], -1), std=math.sqrt(1.0 / w[0].numel()))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
+
+def _make_variant(name: str, size: str, img: int, backbone: dict[str, Any], doc: str) -> None:
+    def variant(**overrides: Any) -> HybridViT:
+        return HybridViT(ViTConfig(**{**SIZES[size], "img_size": img, "extra": {"backbone": backbone},
+                                      **overrides}))
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = doc
+    register_model(variant)
+
+
+R26 = dict(block="bottleneck", layers=(2, 2, 2, 2))                         # 1 + 8*3 + 1 = 26 layers
+_make_variant("vit_small_r26_s32_224", "small", 224, R26, "ViT-S on ResNet-26 features (stride 32), 224x224.")
+_make_variant("vit_base_r26_s32_224", "base", 224, R26, "ViT-B on ResNet-26 features (stride 32), 224x224.")
+_make_variant("vit_base_r50_s16_224", "base", 224, dict(block="bottleneck", layers=(3, 4, 9), widths=(64, 128, 256)),
+              "ViT-B on ResNet-50 with stage 4 removed and stage 3 deepened to 9 blocks (the paper's R50+ViT-B/16).")
+# Small-image variant: CIFAR-style ResNet stem (3x3/1, no pool) and three basic stages of stride 1, 2, 2 -> a 8x8
+# token grid at 32 px.
+_make_variant("vit_micro_r8_s4_32", "micro", 32,
+              dict(block="basic", layers=(1, 1, 1), widths=(32, 64, 128), stem="small", stem_width=32),
+              "ViT-micro on a 7-conv CIFAR ResNet (stride 4, 8x8 tokens at 32x32).")
