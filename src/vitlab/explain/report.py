@@ -1,0 +1,317 @@
+"""`explain(model, images, out_dir)`: every figure of vitlab.explain for a few images, as PNGs and an offline
+index.html (images alongside, one-line captions). A figure that does not apply to the model (no [CLS] token,
+windowed attention, no position embedding, no attention at all) is listed as skipped with the reason.
+"""
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+
+from ..errors import VitlabError
+from ..io import write_json, write_text
+from . import plots
+from .distance import attention_distances, patch_distances
+from .filters import patch_embedding_components
+from .patch_logits import patch_logits
+from .pos_embed import position_embedding_similarity
+from .recording import attention_modules, record_attention
+from .rollout import HEAD_FUSIONS, classifier_attention, rollout_map
+from .saliency import itti_koch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExplainOptions:
+    layers: Sequence[int] = (1, 3, 5, 10)  # 1-based layers whose [CLS] attention is drawn (the lecture's choice)
+    head_fusion: str = "mean"              # rollout: how heads are fused ("mean", "max", "min")
+    discard_ratio: float = 0.0             # rollout: lowest fraction of weights zeroed per layer (0 = the paper)
+    target_class: int | None = None        # per-patch logits: class index (None = each image's prediction)
+    num_fixations: int = 5                 # Itti-Koch: first K foci of attention
+
+
+@dataclass
+class ReportFigure:
+    file: str | None                       # PNG name in the report folder; None when skipped
+    caption: str                           # one line; for a skipped figure, why
+    title: str = ""
+
+
+@dataclass
+class _Context:
+    model: nn.Module
+    images: Tensor                         # (B, 3, H, W) uint8
+    names: list[str]
+    classes: list[str]
+    options: ExplainOptions
+    out: Path
+    probs: Tensor                          # (B, classes)
+    attentions: list[Tensor] | None        # per layer (B, heads, N, N), None without Attention modules
+    rollout: Tensor | None = None          # (B, gh, gw)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def model_input(model: nn.Module, images: Tensor) -> Tensor:
+    """uint8 (B, 3, H, W) -> the normalised float input the model expects (its checkpoint's or config's mean/std)."""
+    meta = getattr(model, "vitlab_meta", None) or {}
+    cfg = getattr(model, "cfg", None)
+    mean = meta.get("mean") or getattr(cfg, "mean", (0.5, 0.5, 0.5))
+    std = meta.get("std") or getattr(cfg, "std", (0.5, 0.5, 0.5))
+    device = next(iter(model.parameters())).device
+    x = images.to(device).float() / 255.0
+    return (x - torch.tensor(mean, device=device).view(1, -1, 1, 1)) / torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+
+def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: Sequence[str] | None = None,
+            names: Sequence[str] | None = None, options: ExplainOptions | None = None,
+            title: str | None = None) -> dict[str, Any]:
+    """Write every figure for `images` (B, 3, H, W) uint8 at the model's input size into out_dir, with
+    index.html and summary.json. Returns the summary (predictions, attention distances, figures)."""
+    options = options or ExplainOptions()
+    if options.head_fusion not in HEAD_FUSIONS:
+        raise VitlabError(f"head fusion must be one of {', '.join(HEAD_FUSIONS)}, got {options.head_fusion!r}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+        raise VitlabError(f"explain needs uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    num_classes = getattr(model, "num_classes", None)
+    classes = list(classes) if classes else [str(i) for i in range(num_classes or 0)]
+    names = list(names) if names else [f"image {i + 1}" for i in range(len(images))]
+    was_training = model.training
+    model.eval()
+    try:
+        x = model_input(model, images)
+        if attention_modules(model):
+            logits, attentions = record_attention(model, x)
+        else:
+            with torch.no_grad():
+                logits, attentions = model(x), None
+        ctx = _Context(model, images.cpu(), names, classes, options, out, logits.float().softmax(-1).cpu(),
+                       [a.cpu() for a in attentions] if attentions is not None else None)
+        ctx.summary["predictions"] = [
+            {"image": n, "class": _class_name(ctx, int(p.argmax())), "probability": round(float(p.max()), 4)}
+            for n, p in zip(names, ctx.probs)]
+        figures = [_figure(step, ctx) for step in (_rollout, _cls_attention, _attention_distance, _saliency,
+                                                    _patch_logits, _position_embedding, _filters)]
+    finally:
+        model.train(was_training)
+    ctx.summary["figures"] = [{"file": f.file, "caption": f.caption} for f in figures]
+    write_json(out / "summary.json", ctx.summary)
+    write_html(out / "index.html", title or f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)}",
+               figures, ctx.summary["predictions"])
+    log.info("explain: wrote %d figures to %s", sum(f.file is not None for f in figures), out)
+    return ctx.summary
+
+
+def save_rollout_figure(model: nn.Module, images: Tensor, path: str | Path, *, classes: Sequence[str] | None = None,
+                        labels: Sequence[int] | None = None, head_fusion: str = "mean",
+                        discard_ratio: float = 0.0) -> Path:
+    """One PNG of attention rollout on a few images (uint8 (B, 3, H, W)): image | rollout overlay, titled with
+    the prediction (and the true label when given). Used by the training run's report."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits, attentions = record_attention(model, model_input(model, images))
+    finally:
+        model.train(was_training)
+    grid, prefix = _grid_and_prefix(model)
+    heat = rollout_map([a.cpu() for a in attentions], grid, prefix, head_fusion, discard_ratio)
+    probs = logits.float().softmax(-1).cpu()
+    rows = []
+    for i, image in enumerate(images.cpu()):
+        pred = int(probs[i].argmax())
+        name = lambda k: classes[k] if classes and k < len(classes) else str(k)
+        truth = f" (true {name(int(labels[i]))})" if labels is not None else ""
+        rows.append([(plots.image_hwc(image), f"predicted {name(pred)}{truth}"),
+                     (plots.overlay(image, heat[i]), "attention rollout")])
+    return plots.save_figure(plots.figure_rows(images, rows, "Attention rollout (Abnar & Zuidema 2020)"), path)
+
+
+# --- the figures -------------------------------------------------------------------------------------------------
+def _figure(step: Callable[[_Context], ReportFigure], ctx: _Context) -> ReportFigure:
+    try:
+        return step(ctx)
+    except VitlabError as e:                   # the figure does not apply to this model
+        log.info("explain: %s skipped: %s", step.__name__.strip("_"), e)
+        return ReportFigure(None, f"{step.__name__.strip('_').replace('_', ' ')}: not applicable ({e})")
+
+
+def _class_name(ctx: _Context, k: int) -> str:
+    return ctx.classes[k] if k < len(ctx.classes) else str(k)
+
+
+def _grid_and_prefix(model: nn.Module) -> tuple[tuple[int, int], int]:
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None:
+        raise VitlabError(f"{type(model).__name__} has no patch grid")
+    return tuple(grid), int(getattr(model, "num_prefix_tokens", 0))
+
+
+def _global_attentions(ctx: _Context) -> tuple[list[Tensor], tuple[int, int], int]:
+    """The per-layer attention over the whole patch grid, or VitlabError (no attention, or windowed)."""
+    if ctx.attentions is None:
+        raise VitlabError(f"{type(ctx.model).__name__} has no attention")
+    grid, prefix = _grid_and_prefix(ctx.model)
+    n = prefix + grid[0] * grid[1]
+    if any(a.shape[0] != len(ctx.images) or a.shape[-1] != n or a.shape[-2] != n for a in ctx.attentions):
+        raise VitlabError("its attention is not global over the patch grid (windowed or pooled)")
+    return ctx.attentions, grid, prefix
+
+
+def _rollout(ctx: _Context) -> ReportFigure:
+    attn, grid, prefix = _global_attentions(ctx)
+    o = ctx.options
+    ctx.rollout = rollout_map(attn, grid, prefix, o.head_fusion, o.discard_ratio)
+    rows = []
+    for i, image in enumerate(ctx.images):
+        pred = int(ctx.probs[i].argmax())
+        label = f"{ctx.names[i]}: {_class_name(ctx, pred)} {float(ctx.probs[i, pred]) * 100:.0f}%"
+        rows.append([(plots.image_hwc(image), label),
+                     (plots.resize_map(ctx.rollout[i], tuple(image.shape[1:]), smooth=False), "rollout"),
+                     (plots.overlay(image, ctx.rollout[i]), "overlay")])
+    fig = plots.figure_rows(ctx.images, rows, f"Attention rollout ({o.head_fusion} over heads, discard ratio "
+                                              f"{o.discard_ratio:g})", colorbar={"cmap": "jet", "vmin": 0})
+    plots.save_figure(fig, ctx.out / "rollout.png")
+    query = "[CLS]" if prefix else "mean patch"
+    return ReportFigure("rollout.png", f"Attention rollout: the {query} row of the product of per-layer (attention + "
+                                 f"identity) matrices over all {len(attn)} layers, drawn over the patches.")
+
+
+def _cls_attention(ctx: _Context) -> ReportFigure:
+    attn, grid, prefix = _global_attentions(ctx)
+    wanted = list(ctx.options.layers)
+    layers = [layer for layer in wanted if 1 <= layer <= len(attn)]
+    if not layers:
+        raise VitlabError(f"none of layers {wanted} exists (the model has {len(attn)})")
+    if len(layers) < len(wanted):
+        log.info("explain: the model has %d layers; drawing layers %s", len(attn), layers)
+    files = []
+    for i, image in enumerate(ctx.images):
+        maps = torch.stack([classifier_attention(attn[layer - 1][i:i + 1], grid, prefix)[0] for layer in layers])
+        query = "[CLS]" if prefix else "mean patch query"
+        fig = plots.figure_cls_attention(image, maps, layers, f"{ctx.names[i]}: {query} attention per layer and head")
+        files.append(plots.save_figure(fig, ctx.out / f"attention_layers_{i + 1}.png").name)
+    ctx.summary["attention_layer_files"] = files
+    return ReportFigure(files[0], f"Attention of the {'[CLS] token' if prefix else 'mean patch query'} to each patch in "
+                            f"layers {', '.join(map(str, layers))}, per head and averaged (one file per image: "
+                            f"{', '.join(files)}).")
+
+
+def _attention_distance(ctx: _Context) -> ReportFigure:
+    attn, grid, prefix = _global_attentions(ctx)
+    patch = ctx.model.patch_embed.patch_size
+    dist = attention_distances(attn, grid, patch, prefix)                          # (layers, heads)
+    uniform = float(patch_distances(grid, patch).mean())
+    ctx.summary["mean_attention_distance_px"] = [[round(float(v), 3) for v in row] for row in dist]
+    ctx.summary["uniform_attention_distance_px"] = round(uniform, 3)
+    fig = plots.figure_attention_distance(dist, uniform, f"Mean attention distance ({len(ctx.images)} images)")
+    plots.save_figure(fig, ctx.out / "attention_distance.png")
+    return ReportFigure("attention_distance.png", "Mean attention distance per head against depth (ViT Fig. 7 right): "
+                                            "the attention-weighted pixel distance between patches; dashed = "
+                                            "uniform attention.")
+
+
+def _saliency(ctx: _Context) -> ReportFigure:
+    rows = []
+    fixations = []
+    for i, image in enumerate(ctx.images):
+        s = itti_koch(image, ctx.options.num_fixations)
+        fixations.append([[round(y, 1), round(x, 1)] for y, x in s.fixations])
+        row = [(_with_fixations(image, s.fixations), f"{ctx.names[i]}: first {len(s.fixations)} fixations"),
+               (plots.overlay(image, s.saliency), "Itti-Koch saliency")]
+        row += [(plots.overlay(image, s.conspicuity[k]), k) for k in ("intensity", "colour", "orientation")]
+        if ctx.rollout is not None:
+            row.append((plots.overlay(image, ctx.rollout[i]), "model: attention rollout"))
+        rows.append(row)
+    ctx.summary["itti_koch_fixations_yx"] = fixations
+    fig = plots.figure_rows(ctx.images, rows, "Bottom-up saliency (Itti, Koch & Niebur 1998) beside the model")
+    plots.save_figure(fig, ctx.out / "saliency.png")
+    return ReportFigure("saliency.png", "Itti-Koch saliency (intensity, colour and orientation conspicuity) with its first "
+                                  "fixations by winner-take-all and inhibition of return, beside the model's rollout.")
+
+
+def _with_fixations(image: Tensor, fixations: list[tuple[float, float]]) -> np.ndarray:
+    """The image with numbered fixation circles drawn into the pixels (so figure_rows stays a plain grid)."""
+    pil = Image.fromarray((plots.image_hwc(image) * 255).round().astype("uint8"))
+    scale = max(1, 256 // max(pil.size))
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(pil)
+    r = max(pil.width, pil.height) / 24
+    points = [(x * scale, y * scale) for y, x in fixations]
+    if len(points) > 1:
+        draw.line(points, fill=(255, 255, 0), width=max(1, int(r / 3)))
+    for k, (x, y) in enumerate(points):
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 0, 0) if k == 0 else (255, 255, 0),
+                     width=max(1, int(r / 3)))
+        draw.text((x + r, y - r), str(k + 1), fill=(255, 255, 255))
+    return np.asarray(pil).astype("float64") / 255.0
+
+
+def _patch_logits(ctx: _Context) -> ReportFigure:
+    logits = patch_logits(ctx.model, model_input(ctx.model, ctx.images)).cpu()      # (B, classes, gh, gw)
+    target = ctx.options.target_class
+    rows = []
+    for i, image in enumerate(ctx.images):
+        k = target if target is not None else int(ctx.probs[i].argmax())
+        heat = logits[i, k]
+        rows.append([(plots.image_hwc(image), ctx.names[i]),
+                     (plots.resize_map(heat, tuple(image.shape[1:]), smooth=False),
+                      f"logits for class {_class_name(ctx, k)}"),
+                     (plots.overlay(image, heat), "overlay")])
+    limit = float(max(logits.abs().max(), 1e-6))
+    fig = plots.figure_rows(ctx.images, rows, "Per-patch class logits (head on every patch token)",
+                            colorbar={"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})
+    plots.save_figure(fig, ctx.out / "patch_logits.png")
+    which = f"class {_class_name(ctx, target)}" if target is not None else "each image's predicted class"
+    return ReportFigure("patch_logits.png", f"Per-patch logits for {which}: the classifier head applied to every patch "
+                                      "token after the final norm (red = evidence for the class).")
+
+
+def _position_embedding(ctx: _Context) -> ReportFigure:
+    sim = position_embedding_similarity(ctx.model)
+    fig = plots.figure_position_similarity(sim, "Position embedding similarity (ViT Fig. 7 centre)")
+    plots.save_figure(fig, ctx.out / "pos_embed_similarity.png")
+    gh, gw = sim.shape[:2]
+    return ReportFigure("pos_embed_similarity.png", f"Cosine similarity of each patch's position embedding with all "
+                                              f"others: tile (r, c) of the {gh}x{gw} grid is patch (r, c)'s map.")
+
+
+def _filters(ctx: _Context) -> ReportFigure:
+    components, explained = patch_embedding_components(ctx.model, 28)
+    fig = plots.figure_filters(components, explained, "Patch-embedding filters: principal components (ViT Fig. 7 "
+                                                      "left)")
+    plots.save_figure(fig, ctx.out / "patch_embed_filters.png")
+    return ReportFigure("patch_embed_filters.png", f"The first {len(components)} principal components of the linear patch "
+                                             "embedding's filters, each scaled to its own range and shown as RGB.")
+
+
+# --- HTML ----------------------------------------------------------------------------------------------------------
+def write_html(path: str | Path, title: str, figures: Sequence[ReportFigure], predictions: Sequence[dict]) -> Path:
+    """A self-contained page: images referenced by relative name (the PNGs lie beside it), nothing fetched."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(p['image'])}</td><td>{e(str(p['class']))}</td><td>{p['probability'] * 100:.1f}%"
+                   f"</td></tr>" for p in predictions)
+    shown = "".join(f'<figure><img src="{e(f.file)}" alt="{e(f.caption)}"><figcaption>{e(f.caption)}</figcaption>'
+                    f"</figure>\n" for f in figures if f.file)
+    skipped = "".join(f"<li>{e(f.caption)}</li>" for f in figures if not f.file)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}}img{{max-width:100%}}
+figure{{margin:2em 0}}figcaption{{color:#333;margin-top:.4em}}td,th{{padding:.2em 1em;text-align:left}}</style>
+</head><body>
+<h1>{e(title)}</h1>
+<table><tr><th>image</th><th>prediction</th><th>probability</th></tr>{rows}</table>
+{shown}{f"<h2>Not drawn</h2><ul>{skipped}</ul>" if skipped else ""}
+</body></html>
+"""
+    write_text(path, page)
+    return Path(path)
