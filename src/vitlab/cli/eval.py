@@ -1,0 +1,45 @@
+"""`vitlab eval --checkpoint RUN_DIR --data SPEC`: top-1/top-5 of a checkpoint on a data set's validation split."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a data set")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint")
+    p.add_argument("--data", default="digits", help="data spec (its validation split is used)")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_size: int = 256,
+                        device: str = "auto") -> dict:
+    from ..data import batches, build_data
+    from ..errors import VitlabError
+    from ..predict import Predictor
+    from ..train.run import resolve_device
+    from ..train.trainer import evaluate
+
+    dev = resolve_device(device)
+    pred = Predictor.load(checkpoint, dev)
+    bundle = build_data(data, pred.image_size)
+    if len(bundle.classes) != len(pred.classes):
+        raise VitlabError(f"{data} has {len(bundle.classes)} classes but the checkpoint {len(pred.classes)}")
+    split_set = bundle.val if split == "val" else bundle.train
+    r = evaluate(pred.model, batches(split_set, batch_size, shuffle=False), pred.normalize, len(pred.classes), dev)
+    return {"val_top1": r["val_top1"], "val_top5": r["val_top5"], "val_loss": r["val_loss"],
+            "images": r["val_images"], "skipped_images": len(bundle.skipped)}
+
+
+def run(args: argparse.Namespace) -> int:
+    m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(f"top-1 {m['val_top1']:.2f}%  top-5 {m['val_top5']:.2f}%  loss {m['val_loss']:.4f}  "
+              f"({m['images']} images, {m['skipped_images']} skipped)")
+    return 0

@@ -1,0 +1,99 @@
+"""`vitlab train`: train and evaluate a model; with no arguments, the main job (a small ViT on digits)."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from dataclasses import fields
+
+from ..train.run import TrainConfig
+
+_HELP = {
+    "model": "registered model name (`vitlab models`)", "data": "digits, shapes, or a path (ImageFolder, "
+    "CIFAR-10/100 python folder, MNIST idx files)", "out": "run directory (default runs/MODEL-DATA)",
+    "epochs": "epochs the schedule spans", "stop_at": "stop after this epoch; continue later with --resume",
+    "checkpoint": "initial weights: a run directory or a foreign checkpoint (fine-tuning)",
+    "teacher": "distillation teacher: a run directory or checkpoint", "distill": "hard or soft distillation",
+    "precision": "fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU)", "ema": "EMA decay, e.g. 0.999 (0 = off)",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train and evaluate a model (no arguments: the main job)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in ("model_args", "hflip", "out"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].replace("'", ""), None)
+        if kind is None:   # Optional types: take the type of the non-None part
+            kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
+        # default None: given values are told apart from defaults (a resumed run keeps its own config)
+        p.add_argument(flag, type=kind, default=None,
+                       help=_HELP.get(f.name, "") + f" (default {default})")
+    p.add_argument("--out", default=None, help=_HELP["out"])
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on, except for digits)")
+    p.add_argument("--attention", default=None,
+                   help="ViT attention type: full, local, strided, axial, linformer, kv_pool")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra model constructor argument (repeatable), e.g. --model-arg pool=avg")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (its config; --epochs may extend it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=run)
+
+
+_RESUME_OPTIONS = {"epochs", "stop_at", "device", "workers", "precision"}
+
+
+def _parse_value(text: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from ..errors import VitlabError
+    from ..train.run import load_run_config
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if args.resume:
+        fixed = sorted(set(given) - _RESUME_OPTIONS) + (["attention"] if args.attention else []) \
+            + (["model-arg"] if args.model_arg else [])
+        if fixed:
+            raise VitlabError(f"--resume continues a run with its own settings; cannot change: {', '.join(fixed)}")
+        return load_run_config(args.resume, **given)
+    values = {**{f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}, **given}
+    model_args = {}
+    for item in args.model_arg:
+        if "=" not in item:
+            raise VitlabError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        model_args[key] = _parse_value(value)
+    if args.attention:
+        model_args["attention"] = args.attention
+    values["model_args"] = model_args
+    data_name = values["data"].rstrip("/").split("/")[-1] or "data"
+    values["out"] = args.out or f"runs/{values['model']}-{data_name}"
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..train.run import run_training
+
+    cfg = config_from_args(args)
+    progress = functools.partial(tqdm, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+    m = run_training(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=progress)
+    ref = f"  (reference: scikit-learn SVC(gamma=0.001) {m['reference_svc_top1']:.2f}%)" \
+        if "reference_svc_top1" in m else ""
+    print(f"{m['model']} on {m['data']}: val top-1 {m['val_top1']:.2f}%  top-5 {m['val_top5']:.2f}%{ref}")
+    print(f"{m['epochs']} epochs, {m['train_images_per_s']:.0f} train images/s, {m['wall_time_s']:.0f} s, "
+          f"{m['skipped_images']} skipped images; run directory: {cfg.out}")
+    return 0

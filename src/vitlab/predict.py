@@ -1,0 +1,69 @@
+"""Inference on image files with a trained or converted model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .data.augment import Normalize
+from .errors import VitlabError
+
+
+@dataclass
+class Predictor:
+    """A model with what it needs to read images: class names, input size, normalisation."""
+    model: nn.Module
+    classes: list[str]
+    image_size: int
+    normalize: Normalize
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> "Predictor":
+        """From a run directory or any checkpoint vitlab reads; a registered model name gives fresh weights."""
+        from .checkpoint import load_model
+        from .registry import create_model, list_models
+
+        if not Path(checkpoint).exists() and str(checkpoint) in list_models():
+            model = create_model(str(checkpoint)).eval()
+            model.vitlab_meta = {}
+        elif not Path(checkpoint).exists():
+            raise VitlabError(f"{checkpoint}: no such checkpoint, run directory or model name")
+        else:
+            model = load_model(checkpoint)
+        model = model.to(device)
+        size = model.cfg.img_size
+        size = size if isinstance(size, int) else size[0]
+        meta = getattr(model, "vitlab_meta", {})
+        classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
+        return cls(model, list(classes), size, Normalize(tuple(model.cfg.mean), tuple(model.cfg.std)).to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_images(self, paths: Sequence[str | Path]) -> Tensor:
+        """Image files -> uint8 (B, 3, S, S) at the model's input size."""
+        from .data import load_image
+
+        return torch.stack([load_image(p, self.image_size) for p in paths])
+
+    @torch.no_grad()
+    def logits(self, images: Tensor) -> Tensor:
+        """uint8 (B, 3, S, S) -> logits (B, num_classes)."""
+        self.model.eval()
+        return self.model(self.normalize(images.to(self.device))).float()
+
+    def predict(self, paths: Sequence[str | Path], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) for each image file."""
+        probs = self.logits(self.load_images(paths)).softmax(dim=-1)
+        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [[(self.classes[i], float(v)) for v, i in zip(vs, ids)] for vs, ids in zip(values.tolist(),
+                                                                                         indices.tolist())]
+
+    def info(self) -> dict[str, Any]:
+        return {"model": getattr(self.model, "vitlab_name", type(self.model).__name__), "classes": len(self.classes),
+                "image_size": self.image_size}

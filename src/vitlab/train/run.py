@@ -1,0 +1,307 @@
+"""run_training: data + model + objective + optimizer -> a run directory.
+
+A run directory holds config.json (model name, arguments, classes, normalisation, the training config),
+model.safetensors (the weights evaluation uses: the EMA when on), train_state.pt (everything needed to resume
+bit for bit), metrics.csv (per epoch), metrics.json (final) and the report's pictures.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights, model_config, read_config, read_weights, \
+    save_weights
+from ..data import build_data, batches, num_batches
+from ..data.augment import AugmentConfig, BatchAugment, Normalize
+from ..errors import VitlabError
+from ..io import write_json, write_text
+from ..registry import create_model
+from .ema import ModelEMA
+from .objectives import ClassificationObjective, DistillationObjective
+from .optim import build_optimizer, warmup_cosine
+from .report import plot_confusion, plot_curves
+from .state import STATE_NAME, load_state, rng_state, save_state, set_rng_state
+from .trainer import Progress, Trainer, evaluate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "vit_micro_patch2_8"
+
+
+@dataclass
+class TrainConfig:
+    model: str = DEFAULT_MODEL          # registered model name
+    data: str = "digits"                # data spec: digits, shapes, or a path (ImageFolder, CIFAR, MNIST idx)
+    out: str = "runs/train"             # run directory
+    epochs: int = 60                    # epochs the schedule spans
+    stop_at: int | None = None          # stop after this epoch (resume later with --resume); None = epochs
+    batch_size: int = 64
+    lr: float = 1e-3                    # peak learning rate (AdamW)
+    weight_decay: float = 0.05          # AdamW decay on weights (not norms, biases, tokens, position embeddings)
+    warmup_epochs: float = 5.0          # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.01
+    clip_grad: float = 1.0              # max gradient norm; 0 = off
+    grad_accum: int = 1                 # batches per optimizer step
+    label_smoothing: float = 0.1
+    img_size: int | None = None         # input side; None = the model's
+    drop_path: float | None = None      # stochastic depth rate; None = the model's default
+    model_args: dict[str, Any] = field(default_factory=dict)   # other constructor overrides (e.g. attention)
+    checkpoint: str | None = None       # initial weights (fine-tuning): a run directory or a foreign checkpoint
+    hflip: bool | None = None           # None: on, except for digit data (a mirrored 2 is not a 2)
+    crop_scale: float = 0.35            # random resized crop lower area bound; >= 1 turns it off
+    randaugment: int = 0                # RandAugment ops per image (0 = off)
+    mixup: float = 0.0                  # Mixup alpha (0 = off)
+    cutmix: float = 0.0                 # CutMix alpha (0 = off)
+    erase: float = 0.0                  # random erasing probability
+    ema: float = 0.0                    # EMA decay (e.g. 0.999); 0 = off
+    precision: str = "auto"             # fp32 | bf16 | auto (bf16 on CUDA, fp32 on CPU)
+    device: str = "auto"                # cpu | cuda | auto
+    seed: int = 0
+    val_fraction: float = 0.25          # held-out fraction for folders without val/
+    workers: int = 0                    # decoding processes for folders too large to cache
+    teacher: str | None = None          # DeiT distillation: teacher run directory or checkpoint
+    distill: str = "hard"               # hard | soft
+    distill_tau: float | None = None    # soft distillation temperature (default 3, as DeiT)
+    distill_alpha: float | None = None  # weight of the distillation loss (default 0.5 hard, 0.1 soft)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VitlabError("--device cuda: no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise VitlabError(f"unknown device {name!r}") from None
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise VitlabError(f"--precision must be fp32, bf16 or auto, got {name!r}")
+    return name
+
+
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    out = Path(cfg.out)
+    taken = [p for p in (WEIGHTS_NAME, STATE_NAME) if (out / p).exists()]
+    if taken and not resume:
+        if not overwrite:
+            raise VitlabError(f"{out} already holds a run; pass --resume {out} to continue it or --overwrite")
+        for name in (WEIGHTS_NAME, STATE_NAME, CONFIG_NAME, "metrics.csv", "metrics.json"):
+            (out / name).unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise VitlabError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_run_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """The TrainConfig a run was started with, with `overrides` (e.g. epochs) applied, for --resume."""
+    cfg = read_config(run_dir)
+    if "train" not in cfg:
+        raise VitlabError(f"{run_dir}: not a training run (config.json has no training section)")
+    return TrainConfig.from_dict({**cfg["train"], **{k: v for k, v in overrides.items() if v is not None},
+                                  "out": str(run_dir)})
+
+
+def _model_image_size(cfg: TrainConfig) -> int:
+    if cfg.img_size:
+        return cfg.img_size
+    if cfg.checkpoint:
+        from ..convert import read_checkpoint
+
+        args = read_checkpoint(cfg.checkpoint).model_args
+        if args.get("img_size"):
+            s = args["img_size"]
+            return s if isinstance(s, int) else s[0]
+    with torch.device("meta"):
+        model = _create(cfg.model, dict(cfg.model_args))
+    size = getattr(getattr(model, "cfg", None), "img_size", None)
+    if size is None:
+        raise VitlabError(f"{cfg.model} has no default input size; pass --img-size")
+    return size if isinstance(size, int) else size[0]
+
+
+def _create(name: str, args: dict[str, Any]) -> torch.nn.Module:
+    try:
+        return create_model(name, **args)
+    except TypeError as e:   # an override the model does not take
+        raise VitlabError(f"{name}: {e}") from None
+
+
+def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> torch.nn.Module:
+    args = dict(cfg.model_args)
+    if cfg.drop_path is not None:
+        args["drop_path_rate"] = cfg.drop_path
+    if cfg.checkpoint:
+        from ..checkpoint import load_model
+
+        return load_model(cfg.checkpoint, name=cfg.model if cfg.model != DEFAULT_MODEL else None,
+                          num_classes=num_classes, img_size=image_size, **args)
+    if cfg.img_size:
+        args["img_size"] = cfg.img_size
+    return _create(cfg.model, {**args, "num_classes": num_classes})
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Train and evaluate; returns the final metrics (also written to metrics.json in the run directory)."""
+    t_start = time.perf_counter()
+    out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+
+    image_size = _model_image_size(cfg)
+    data = build_data(cfg.data, image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    num_classes = len(data.classes)
+    model = build_model(cfg, num_classes, image_size).to(device)
+    mean, std = tuple(model.cfg.mean), tuple(model.cfg.std)
+
+    hflip = cfg.hflip if cfg.hflip is not None else data.name not in ("digits", "mnist")
+    aug_cfg = AugmentConfig(crop_scale=cfg.crop_scale, hflip=hflip, randaugment=cfg.randaugment,
+                            mixup=cfg.mixup, cutmix=cfg.cutmix, erase=cfg.erase)
+    augment = BatchAugment(aug_cfg, mean, std, image_size, num_classes).to(device)
+    normalize = Normalize(mean, std).to(device)
+
+    objective = build_objective(cfg, model, device, (mean, std))
+    steps_per_epoch = -(-num_batches(data.train, cfg.batch_size, drop_last=True) // cfg.grad_accum)
+    if steps_per_epoch == 0:
+        raise VitlabError(f"{cfg.data}: {len(data.train)} training images is fewer than one batch "
+                          f"of {cfg.batch_size}; lower --batch-size")
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch,
+                              cfg.min_lr_ratio)
+    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    trainer = Trainer(model, objective, optimizer, scheduler, batch_transform=augment, device=device,
+                      precision=precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum)
+
+    run_config = model_config(model, data.classes, image_size=image_size, data=data.name, train=asdict(cfg))
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume:
+        start_epoch, history = restore(out, trainer)
+    params = sum(p.numel() for p in model.parameters())
+    log.info("%s: %.2fM parameters, %d classes, %d train / %d val images at %dpx, %s %s",
+             cfg.model, params / 1e6, num_classes, len(data.train), len(data.val), image_size, device, precision)
+
+    last_epoch = min(cfg.stop_at or cfg.epochs, cfg.epochs)
+    result: dict[str, Any] = {}
+    for epoch in range(start_epoch + 1, last_epoch + 1):
+        loader = batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last=True,
+                         num_workers=cfg.workers)
+        stats = trainer.train_epoch(loader, epoch, total=num_batches(data.train, cfg.batch_size, True), progress=progress)
+        eval_model = ema.module if ema is not None else model
+        result = evaluate(eval_model, batches(data.val, 256, shuffle=False, num_workers=cfg.workers), normalize,
+                          num_classes, device, precision)
+        history.append({"epoch": epoch, "step": trainer.step, **stats,
+                        **{k: result[k] for k in ("val_loss", "val_top1", "val_top5")}})
+        log.info("epoch %d/%d  loss %.4f  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s", epoch, cfg.epochs,
+                 stats["train_loss"], result["val_top1"], result["val_top5"], stats["images_per_s"])
+        save_checkpoint(out, trainer, eval_model, run_config, epoch, history)
+        write_text(out / "metrics.csv", _csv(history))
+
+    if not history:
+        raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs})")
+    if not result:   # resumed at the end: evaluate what was saved
+        eval_model = ema.module if ema is not None else model
+        result = evaluate(eval_model, batches(data.val, 256, shuffle=False), normalize, num_classes, device,
+                          precision)
+    metrics = {
+        "model": cfg.model, "data": data.name, "epochs": history[-1]["epoch"],
+        "val_top1": result["val_top1"], "val_top5": result["val_top5"], "val_loss": result["val_loss"],
+        "params": params, "train_images_per_s": statistics.median(h["images_per_s"] for h in history),
+        "skipped_images": len(data.skipped), "skipped_files": data.skipped[:100],
+        "train_images": len(data.train), "val_images": len(data.val), "image_size": image_size,
+        "device": str(device), "precision": precision, "wall_time_s": time.perf_counter() - t_start,
+    }
+    if data.name == "digits":
+        from ..data import digits_svc_reference
+
+        metrics["reference_svc_top1"] = digits_svc_reference()
+    write_json(out / "metrics.json", metrics)
+    plot_curves(history, out / "curves.png")
+    plot_confusion(result["confusion"], data.classes, out / "confusion.png")
+    return metrics
+
+
+def build_objective(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, norm: tuple) -> Any:
+    if not cfg.teacher:
+        return ClassificationObjective(cfg.label_smoothing)
+    from ..checkpoint import load_model
+
+    teacher = load_model(cfg.teacher).to(device)
+    if teacher.num_classes != model.num_classes:
+        raise VitlabError(f"teacher {cfg.teacher} has {teacher.num_classes} classes, the student "
+                          f"{model.num_classes}")
+    tau = cfg.distill_tau if cfg.distill_tau is not None else (3.0 if cfg.distill == "soft" else 1.0)
+    alpha = cfg.distill_alpha if cfg.distill_alpha is not None else (0.1 if cfg.distill == "soft" else 0.5)
+    teacher_norm = (tuple(teacher.cfg.mean), tuple(teacher.cfg.std))
+    return DistillationObjective(teacher, cfg.distill, tau, alpha, cfg.label_smoothing, norm, teacher_norm)
+
+
+def save_checkpoint(out: Path, trainer: Trainer, eval_model: torch.nn.Module, run_config: dict[str, Any],
+                    epoch: int, history: list[dict[str, Any]]) -> None:
+    """Write train_state.pt, then model.safetensors, then config.json, each atomically; both weights files
+    carry the step so a resume can check they belong together."""
+    state = {"epoch": epoch, "step": trainer.step, "optimizer": trainer.optimizer.state_dict(),
+             "scheduler": trainer.scheduler.state_dict(), "rng": rng_state(), "history": history}
+    if trainer.ema is not None:
+        state["model"] = trainer.model.state_dict()     # raw weights; model.safetensors holds the EMA
+    save_state(out / STATE_NAME, state)
+    save_weights(eval_model.state_dict(), out / WEIGHTS_NAME,
+                 metadata={"epoch": str(epoch), "step": str(trainer.step)})
+    from ..io import write_json as _write
+
+    _write(out / CONFIG_NAME, run_config)
+
+
+def restore(out: Path, trainer: Trainer) -> tuple[int, list[dict[str, Any]]]:
+    """Load a run's state into the trainer. Returns (epoch done, history)."""
+    from safetensors import safe_open
+
+    state = load_state(out / STATE_NAME)
+    with safe_open(str(out / WEIGHTS_NAME), "pt") as f:
+        step = int((f.metadata() or {}).get("step", -1))
+    if step != state["step"]:
+        raise VitlabError(f"{out}: model.safetensors (step {step}) and {STATE_NAME} (step {state['step']}) "
+                          "are from different steps (interrupted while saving?); cannot resume exactly")
+    weights = read_weights(out / WEIGHTS_NAME)
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(weights)
+        trainer.model.load_state_dict(state["model"])
+    else:
+        load_weights(trainer.model, weights)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step = state["step"]
+    set_rng_state(state["rng"])
+    return state["epoch"], list(state["history"])
+
+
+def _csv(history: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "epoch_time_s"]
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()

@@ -1,0 +1,113 @@
+"""The training loop. It knows nothing about the model or the task: it gets a model, an objective
+(model, inputs, targets) -> (loss, parts), an optimizer, a schedule and a batch transform."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import VitlabError
+from .ema import ModelEMA
+
+Progress = Callable[..., Iterator]   # tqdm-like: progress(iterable, total=, desc=) with optional set_postfix
+
+
+class NonFiniteLoss(VitlabError):
+    """The loss became NaN or infinite; raised before the optimizer step, so the weights stay good."""
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    """One optimizer step per batch (or per `grad_accum` batches); gradient clipping; EMA; autocast."""
+
+    def __init__(self, model: nn.Module, objective: Callable[..., tuple[Tensor, dict[str, Tensor]]],
+                 optimizer: torch.optim.Optimizer, scheduler: Any, *, batch_transform: nn.Module,
+                 device: torch.device, precision: str = "fp32", clip_grad: float = 0.0,
+                 ema: ModelEMA | None = None, grad_accum: int = 1) -> None:
+        self.model, self.objective = model, objective
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.batch_transform = batch_transform
+        self.device, self.precision = device, precision
+        self.clip_grad, self.ema, self.grad_accum = clip_grad, ema, grad_accum
+        self.step = 0            # optimizer steps done
+
+    def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]], epoch: int, total: int | None = None,
+                    progress: Progress | None = None) -> dict[str, float]:
+        """Train on every batch once. Returns mean loss, images/s and the last lr."""
+        self.model.train()
+        it = progress(batches, total=total, desc=f"epoch {epoch}") if progress else batches
+        loss_sum, seen, t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
+        micro = 0
+        for images, labels in it:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            with torch.no_grad():
+                x, targets = self.batch_transform(images, labels)
+            with autocast(self.device, self.precision):
+                loss, parts = self.objective(self.model, x, targets)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step + 1} (epoch {epoch}); "
+                                    "stopped before the optimizer step, the last checkpoint is intact")
+            (loss / self.grad_accum).backward()
+            micro += 1
+            loss_sum += loss.detach() * images.shape[0]
+            seen += images.shape[0]
+            if micro % self.grad_accum == 0:
+                self.optimizer_step()
+            if progress and hasattr(it, "set_postfix") and micro % 10 == 0:
+                it.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                               img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if micro % self.grad_accum:
+            self.optimizer_step()
+        elapsed = time.perf_counter() - t0
+        return {"train_loss": (loss_sum / max(seen, 1)).item(), "images_per_s": seen / max(elapsed, 1e-9),
+                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}
+
+    def optimizer_step(self) -> None:
+        if self.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], normalize: nn.Module,
+             num_classes: int, device: torch.device, precision: str = "fp32") -> dict[str, Any]:
+    """Top-1/top-5 accuracy (percent), mean loss and the confusion matrix (true x predicted) of a classifier."""
+    model.eval()
+    k = min(5, num_classes)
+    correct1 = correct5 = n = 0
+    loss_sum = 0.0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
+        with autocast(device, precision):
+            logits = model(normalize(images)).float()
+        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(k, dim=-1).indices                          # (B, k)
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=-1).sum().item()
+        confusion += torch.bincount(labels.cpu() * num_classes + top[:, 0].cpu(),
+                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+        n += labels.numel()
+    if n == 0:
+        raise VitlabError("the validation set is empty")
+    return {"val_top1": 100.0 * correct1 / n, "val_top5": 100.0 * correct5 / n, "val_loss": loss_sum / n,
+            "confusion": confusion, "val_images": n, "val_topk": k}
+

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from vitlab.layers import Attention, explicit_attention
+
+
+def reference_attention(x, attn, mask=None):
+    """Multi-head attention written out from the formulas, with its own head split."""
+    B, N, C = x.shape
+    h, d = attn.num_heads, C // attn.num_heads
+    Wq, Wk, Wv = attn.qkv.weight.split(C)            # each (C, C)
+    bq, bk, bv = attn.qkv.bias.split(C)
+    outs = []
+    for i in range(h):
+        sl = slice(i * d, (i + 1) * d)
+        q = x @ Wq[sl].T + bq[sl]
+        k = x @ Wk[sl].T + bk[sl]
+        v = x @ Wv[sl].T + bv[sl]
+        s = q @ k.transpose(-2, -1) / math.sqrt(d)
+        if mask is not None:
+            s = s + mask
+        outs.append(torch.softmax(s, -1) @ v)
+    return torch.cat(outs, -1) @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_equals_formula(fused):
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, fused=fused).eval()
+    x = torch.randn(2, 7, 32)
+    torch.testing.assert_close(attn(x), reference_attention(x, attn), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_equals_explicit_with_float_and_bool_masks():
+    torch.manual_seed(0)
+    attn = Attention(48, num_heads=3).eval()
+    x = torch.randn(3, 10, 48)
+    bias = torch.randn(1, 3, 10, 10)
+    keep = torch.rand(10, 10) > 0.3
+    keep.fill_diagonal_(True)
+    for mask in (None, bias, keep):
+        attn.fused = True
+        fused = attn(x, mask)
+        attn.fused = False
+        explicit = attn(x, mask)
+        torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_equal_on_both_paths():
+    torch.manual_seed(0)
+    attn = Attention(16, num_heads=2)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    grads = []
+    for fused in (True, False):
+        attn.fused = fused
+        x.grad = None
+        attn.zero_grad()
+        attn(x).square().sum().backward()
+        grads.append((x.grad.clone(), attn.qkv.weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_explicit_path_exposes_weights_to_probe():
+    torch.manual_seed(0)
+    attn = Attention(16, num_heads=2, fused=False).eval()
+    seen = []
+    attn.weights.register_forward_hook(lambda m, i, o: seen.append(o))
+    attn(torch.randn(1, 6, 16))
+    assert len(seen) == 1 and seen[0].shape == (1, 2, 6, 6)
+    torch.testing.assert_close(seen[0].sum(-1), torch.ones(1, 2, 6))
+    attn.fused = True
+    attn(torch.randn(1, 6, 16))
+    assert len(seen) == 1          # the fused path computes no weights
+
+
+def test_explicit_attention_function_masks_with_bool():
+    q = k = v = torch.eye(4).unsqueeze(0)
+    mask = torch.ones(4, 4, dtype=torch.bool).tril()
+    out, w = explicit_attention(q, k, v, mask)
+    assert torch.all(w.triu(1) == 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 4))
+
+
+def test_heads_must_divide_dim():
+    with pytest.raises(ValueError, match="not divisible"):
+        Attention(10, num_heads=3)
