@@ -102,16 +102,18 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_model(path: str | Path, *, name: str | None = None, num_classes: int | None = None,
-               img_size: int | tuple[int, int] | None = None, **overrides: Any) -> nn.Module:
+               img_size: int | tuple[int, int] | None = None, trust_pickle: bool = False,
+               **overrides: Any) -> nn.Module:
     """Rebuild a model from a checkpoint (a vitlab directory, or any format vitlab.convert reads).
 
     `name` may override the architecture recorded in the checkpoint (it must be compatible); num_classes and
     img_size adapt it for fine-tuning. The model comes back in eval mode with `model.vitlab_meta` holding the
-    checkpoint's config (class names, normalisation).
+    checkpoint's config (class names, normalisation). `trust_pickle` allows full unpickling of a .pth/.bin
+    (off by default: such files can run code).
     """
     from .convert import read_checkpoint  # foreign formats live there
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust_pickle=trust_pickle, model=name)
     model_name = name or ckpt.model
     args = {**ckpt.model_args, **overrides}
     classes = ckpt.meta.get("classes")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class ViTConfig:
     pos_embed: str = "learned"              # "learned" (the paper), "sincos" (fixed 2-D) or "none"
     norm_eps: float = 1e-6                  # LayerNorm epsilon (timm 1e-6, HF transformers 1e-12)
     fc_norm: bool = False                   # avg pool: LayerNorm after pooling instead of before (timm/MAE style)
+    representation_size: int = 0            # >0: pre-logits Linear + tanh before the head (ViT pre-training; HF pooler)
     drop_rate: float = 0.0                  # dropout after position embedding and before the head
     attn_drop_rate: float = 0.0             # dropout on attention weights
     drop_path_rate: float = 0.0             # stochastic depth, rising linearly to this rate over the blocks
@@ -75,9 +77,11 @@ class VisionTransformer(nn.Module):
     forward_head(tokens, pre_logits=True) -> pooled (B, dim).
     """
 
+    config_class: type[ViTConfig] = ViTConfig   # relatives (DeiT) extend the config dataclass
+
     def __init__(self, cfg: ViTConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
-        cfg = ViTConfig(**{**asdict(cfg or ViTConfig()), **kwargs})
+        cfg = self.config_class(**{**asdict(cfg or self.config_class()), **kwargs})
         if cfg.pool not in ("cls", "avg"):
             raise VitlabError(f"pool must be 'cls' or 'avg', got {cfg.pool!r}")
         if cfg.pool == "cls" and not cfg.class_token:
@@ -97,8 +101,12 @@ class VisionTransformer(nn.Module):
         use_fc_norm = cfg.pool == "avg" and cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
+        # The paper's pre-training head has one hidden layer (tanh); fine-tuning drops it (ViT §3.1).
+        self.pre_logits = nn.Sequential() if not cfg.representation_size else nn.Sequential(OrderedDict(
+            fc=nn.Linear(cfg.dim, cfg.representation_size), act=nn.Tanh()))
+        head_dim = cfg.representation_size or cfg.dim
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(head_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # --- pieces relatives override -------------------------------------------------------------------------
@@ -161,10 +169,10 @@ class VisionTransformer(nn.Module):
     def adapt_state_dict(self, state_dict: dict[str, Tensor], mode: str = "bicubic",
                          antialias: bool = False) -> dict[str, Tensor]:
         """Make a checkpoint of another input size fit: resample its learned position embedding to our grid."""
+        state_dict = dict(state_dict)
+        old_grid = state_dict.pop("_grid_size", None)   # converters record a non-square source grid here
         pe = state_dict.get("pos_embed")
         if isinstance(self.pos_embed, nn.Parameter) and pe is not None and pe.shape != self.pos_embed.shape:
-            old_grid = state_dict.pop("_grid_size", None)
-            state_dict = dict(state_dict)
             state_dict["pos_embed"] = resample_pos_embed(pe, self.grid_size, old_grid, self.num_prefix_tokens,
                                                          mode=mode, antialias=antialias)
         return state_dict
@@ -188,7 +196,7 @@ class VisionTransformer(nn.Module):
         return x[:, 0]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.pool(x))
+        x = self.head_drop(self.pre_logits(self.pool(x)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

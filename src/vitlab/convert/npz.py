@@ -1,0 +1,194 @@
+"""Google's original ViT checkpoints (.npz of Flax parameters), in both layouts Google published:
+
+- google-research/vision_transformer (the paper's release, AugReg): `Transformer/encoderblock_N/...` with
+  `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`, and `Transformer/posembed_input/pos_embedding`
+  of (1, 1 + N, dim) covering [CLS]; sometimes under `opt/target/`.
+- google-research/big_vision: under `params/` or `params/img/`, blocks with `MultiHeadDotProductAttention_0`,
+  `LayerNorm_1`, `MlpBlock_0`, a top-level `pos_embedding` of (1, N, dim) added *before* [CLS] is prepended (so
+  [CLS] has no position), optionally a scanned `Transformer/encoderblock/...` with the layer index as leading axis.
+
+Flax stores Dense kernels as (in, out), conv kernels as (h, w, in, out) and attention kernels per head:
+q/k/v (dim, heads, head_dim), out (heads, head_dim, dim). Flax LayerNorm eps is 1e-6. np.load runs with
+allow_pickle=False: an .npz cannot execute code.
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import VitlabError
+from . import Checkpoint, Format, register_format
+from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
+from ._vit import vit_checkpoint
+
+log = logging.getLogger(__name__)
+
+_BLOCK = "Transformer/encoderblock_{i}/"
+
+
+def _block_table(mha: str, ln2: str, mlp: str) -> KeyTable:
+    b = _BLOCK
+    return [
+        (b + "LayerNorm_0/scale", "blocks.{i}.norm1.weight"), (b + "LayerNorm_0/bias", "blocks.{i}.norm1.bias"),
+        (b + f"{mha}/query/kernel", "blocks.{i}.attn.q.weight"), (b + f"{mha}/query/bias", "blocks.{i}.attn.q.bias"),
+        (b + f"{mha}/key/kernel", "blocks.{i}.attn.k.weight"), (b + f"{mha}/key/bias", "blocks.{i}.attn.k.bias"),
+        (b + f"{mha}/value/kernel", "blocks.{i}.attn.v.weight"), (b + f"{mha}/value/bias", "blocks.{i}.attn.v.bias"),
+        (b + f"{mha}/out/kernel", "blocks.{i}.attn.proj.weight"), (b + f"{mha}/out/bias", "blocks.{i}.attn.proj.bias"),
+        (b + f"{ln2}/scale", "blocks.{i}.norm2.weight"), (b + f"{ln2}/bias", "blocks.{i}.norm2.bias"),
+        (b + f"{mlp}/Dense_0/kernel", "blocks.{i}.mlp.fc1.weight"), (b + f"{mlp}/Dense_0/bias", "blocks.{i}.mlp.fc1.bias"),
+        (b + f"{mlp}/Dense_1/kernel", "blocks.{i}.mlp.fc2.weight"), (b + f"{mlp}/Dense_1/bias", "blocks.{i}.mlp.fc2.bias"),
+    ]
+
+
+_TOP: KeyTable = [
+    ("cls", "cls_token"),
+    ("embedding/kernel", "patch_embed.proj.weight"), ("embedding/bias", "patch_embed.proj.bias"),
+    ("Transformer/encoder_norm/scale", "norm.weight"), ("Transformer/encoder_norm/bias", "norm.bias"),
+    ("pre_logits/kernel", "pre_logits.fc.weight"), ("pre_logits/bias", "pre_logits.fc.bias"),
+    ("head/kernel", "head.weight"), ("head/bias", "head.bias"),
+]
+NPZ_VIT_KEYS: KeyTable = _TOP + [("Transformer/posembed_input/pos_embedding", "pos_embed")] + _block_table(
+    "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
+NPZ_BIG_VISION_KEYS: KeyTable = _TOP + [("pos_embedding", "pos_embed")] + _block_table(
+    "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0")
+LAYOUTS = {"vision_transformer": NPZ_VIT_KEYS, "big_vision": NPZ_BIG_VISION_KEYS}
+
+
+# --- Flax tensor layouts <-> PyTorch ------------------------------------------------------------------------------
+def flax_to_torch(name: str, w: Tensor) -> Tensor:
+    """One Flax array as the PyTorch tensor of vitlab parameter `name` (before q/k/v fusion)."""
+    if name == "patch_embed.proj.weight":
+        return w.permute(3, 2, 0, 1)                                   # (h, w, in, dim) -> (dim, in, h, w)
+    if name.endswith(("attn.q.weight", "attn.k.weight", "attn.v.weight")):
+        return w.reshape(w.shape[0], -1).T                             # (dim, heads, hd) -> (heads*hd, dim)
+    if name.endswith(("attn.q.bias", "attn.k.bias", "attn.v.bias")):
+        return w.reshape(-1)                                           # (heads, hd) -> (heads*hd,)
+    if name.endswith("attn.proj.weight"):
+        return w.reshape(-1, w.shape[-1]).T                            # (heads, hd, dim) -> (dim, heads*hd)
+    if name.endswith(".weight") and w.ndim == 2:
+        return w.T                                                     # Dense (in, out) -> Linear (out, in)
+    return w
+
+
+def torch_to_flax(name: str, w: Tensor, num_heads: int) -> Tensor:
+    """The inverse of flax_to_torch (for writing .npz files)."""
+    if name == "patch_embed.proj.weight":
+        return w.permute(2, 3, 1, 0)
+    if name.endswith(("attn.q.weight", "attn.k.weight", "attn.v.weight")):
+        return w.T.reshape(w.shape[1], num_heads, -1)
+    if name.endswith(("attn.q.bias", "attn.k.bias", "attn.v.bias")):
+        return w.reshape(num_heads, -1)
+    if name.endswith("attn.proj.weight"):
+        return w.T.reshape(num_heads, -1, w.shape[0])
+    if name.endswith(".weight") and w.ndim == 2:
+        return w.T
+    return w
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+PREFIXES = ("opt/target/", "params/img/", "params/", "")
+
+
+def is_npz(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".npz" and zipfile.is_zipfile(path)
+
+
+def read_npz(path: Path, **_: Any) -> Checkpoint:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as e:
+        raise VitlabError(f"{path}: not a plain-array .npz ({e})") from None
+    sd, layout = vitlab_names_from_npz(arrays, path)
+    heads = arrays_heads(sd)
+    sd = fuse_qkv({k: flax_to_torch(k, v) for k, v in sd.items()})
+    if layout == "big_vision" and "cls_token" in sd and "pos_embed" in sd:
+        sd["pos_embed"] = _position_for_cls(sd["pos_embed"])
+    # Google resamples position embeddings with scipy.ndimage.zoom(order=1), i.e. (bi)linear; timm loads .npz
+    # bilinearly too.
+    return vit_checkpoint(sd, family="vit", source=f"npz ({layout})", num_heads=heads, norm_eps=1e-6,
+                          interpolation="bilinear", antialias=False)
+
+
+def vitlab_names_from_npz(arrays: dict[str, np.ndarray], path: Path | str = "checkpoint"
+                          ) -> tuple[dict[str, Tensor], str]:
+    """Strip the prefix, unstack scanned blocks and rename; returns (Flax-shaped tensors with vitlab names, layout)."""
+    prefix = next(p for p in PREFIXES if f"{p}embedding/kernel" in arrays or p == "")
+    arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    if "embedding/kernel" not in arrays:
+        raise VitlabError(f"{path}: no ViT embedding/kernel in this .npz (first keys: {', '.join(list(arrays)[:4])})")
+    big_vision = prefix.startswith("params") or any("MultiHeadDotProductAttention_0" in k for k in arrays)
+    arrays = _unstack_scanned(arrays)
+    if big_vision and "pos_embedding" not in arrays:           # older big_vision kept it inside Transformer/
+        for old in ("Transformer/posembed_input/pos_embedding", "Transformer/pos_embedding"):
+            if old in arrays:
+                arrays["pos_embedding"] = arrays.pop(old)
+    layout = "big_vision" if big_vision else "vision_transformer"
+    tensors = {}
+    for k, v in arrays.items():
+        if v.dtype.kind not in "fiu":
+            raise VitlabError(f"{path}: {k} has dtype {v.dtype}; only float/int arrays are read")
+        tensors[k] = torch.from_numpy(np.ascontiguousarray(v)).float()
+    sd, unknown = rename(tensors, LAYOUTS[layout])
+    if unknown:
+        from ..checkpoint import group_keys
+
+        raise VitlabError(f"{path}: {layout} arrays this ViT converter does not support: "
+                          f"{group_keys(sorted(unknown))}")
+    return sd, layout
+
+
+def arrays_heads(sd: dict[str, Tensor]) -> int:
+    return int(sd["blocks.0.attn.q.weight"].shape[1])                   # query kernel (dim, heads, head_dim)
+
+
+def _unstack_scanned(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """big_vision's scan-over-layers layout: `Transformer/encoderblock/X` (depth, ...) -> `encoderblock_{i}/X`."""
+    scanned = "Transformer/encoderblock/"
+    out = {}
+    for k, v in arrays.items():
+        if k.startswith(scanned):
+            for i in range(v.shape[0]):
+                out[f"Transformer/encoderblock_{i}/{k[len(scanned):]}"] = v[i]
+        else:
+            out[k] = v
+    return out
+
+
+def _position_for_cls(pe: Tensor) -> Tensor:
+    """big_vision adds positions before prepending [CLS]: give [CLS] a zero position slot in our layout. (Old
+    checkpoints whose table still covers [CLS], 1 + square, are already in our layout.)"""
+    n = pe.shape[1]
+    if round(n ** 0.5) ** 2 == n:
+        return torch.cat([pe.new_zeros(1, 1, pe.shape[2]), pe], dim=1)
+    return pe
+
+
+register_format(Format("npz", is_npz, read_npz,
+                       "a Google ViT .npz (vision_transformer or big_vision layout)"))
+
+
+# --- writing (tests, and handing weights back to JAX users) -------------------------------------------------------
+def vit_to_npz_arrays(model: torch.nn.Module, layout: str = "vision_transformer") -> dict[str, np.ndarray]:
+    """A vitlab ViT's weights as Google's .npz arrays (`np.savez(path, **arrays)`)."""
+    if layout not in LAYOUTS:
+        raise VitlabError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    c = model.cfg
+    sd = split_qkv({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    if layout == "big_vision" and "cls_token" in sd:
+        pe = sd["pos_embed"]
+        if pe[:, :1].abs().max() > 0:                  # fold [CLS]'s position into the token itself
+            sd["cls_token"] = sd["cls_token"] + pe[:, :1]
+        sd["pos_embed"] = pe[:, 1:]
+    sd = {k: torch_to_flax(k, v, c.num_heads) for k, v in sd.items()}
+    named, unknown = rename(sd, LAYOUTS[layout], reverse=True)
+    if unknown:
+        raise VitlabError(f"no {layout} name for {', '.join(unknown)}")
+    prefix = "params/" if layout == "big_vision" else ""
+    return {prefix + k: v.contiguous().numpy() for k, v in named.items()}
