@@ -137,8 +137,7 @@ def figure_position_similarity(similarity: Tensor, title: str) -> Figure:
     """ViT Fig. 7 centre: similarity (gh, gw, gh, gw) as a gh x gw grid of small maps, one per patch."""
     gh, gw = similarity.shape[:2]
     tiles = similarity.reshape(gh * gw, gh, gw).numpy()
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     fig = new_figure(6.0, 5.4)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(mosaic(tiles, gw, gap=1), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")

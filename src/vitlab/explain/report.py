@@ -226,11 +226,11 @@ def _saliency(ctx: _Context) -> ReportFigure:
     for i, image in enumerate(ctx.images):
         s = itti_koch(image, ctx.options.num_fixations)
         fixations.append([[round(y, 1), round(x, 1)] for y, x in s.fixations])
-        row = [(_with_fixations(image, s.fixations), f"{ctx.names[i]}: first {len(s.fixations)} fixations"),
-               (plots.overlay(image, s.saliency), "Itti-Koch saliency")]
+        row = [(_with_fixations(image, s.fixations), f"{ctx.names[i]}\nfirst {len(s.fixations)} fixations"),
+               (plots.overlay(image, s.saliency), "Itti-Koch\nsaliency")]
         row += [(plots.overlay(image, s.conspicuity[k]), k) for k in ("intensity", "colour", "orientation")]
         if ctx.rollout is not None:
-            row.append((plots.overlay(image, ctx.rollout[i]), "model: attention rollout"))
+            row.append((plots.overlay(image, ctx.rollout[i]), "model:\nattention rollout"))
         rows.append(row)
     ctx.summary["itti_koch_fixations_yx"] = fixations
     fig = plots.figure_rows(ctx.images, rows, "Bottom-up saliency (Itti, Koch & Niebur 1998) beside the model")

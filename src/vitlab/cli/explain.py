@@ -1,0 +1,51 @@
+"""`vitlab explain --checkpoint RUN_DIR_OR_MODEL IMAGE... --out DIR`: attention maps, rollout, attention distance,
+position-embedding similarity, patch-embedding filters, per-patch logits and Itti-Koch saliency as an HTML report."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import VitlabError
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        layers = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from None
+    if not layers or min(layers) < 1:
+        raise argparse.ArgumentTypeError(f"layers are numbered from 1, got {text!r}")
+    return layers
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="attention maps, rollout, saliency and more as an HTML report")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (resized to the model's input)")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_MODEL",
+                   help="run directory / checkpoint, or a registered model name (fresh weights)")
+    p.add_argument("--out", default="runs/explain", help="report directory (index.html + PNGs)")
+    p.add_argument("--data", default=None, metavar="SPEC", help="also take validation images of this data spec "
+                                                                 "(digits, shapes, or a path)")
+    p.add_argument("--samples", type=int, default=4, help="how many validation images with --data")
+    p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                   help="class for the per-patch logits (default: each image's prediction)")
+    p.add_argument("--layers", type=_layers, default=[1, 3, 5, 10], help="1-based layers whose [CLS] attention "
+                                                                          "is drawn (default 1,3,5,10)")
+    p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion")
+    p.add_argument("--discard-ratio", type=float, default=0.0,
+                   help="rollout: fraction of the lowest attention weights zeroed per layer (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..explain.run import explain_checkpoint
+
+    if not args.images and args.data is None:
+        raise VitlabError("give image files or --data SPEC")
+    summary = explain_checkpoint(args.checkpoint, args.images, args.out, data=args.data, samples=args.samples,
+                                 class_name=args.class_name, layers=args.layers, head_fusion=args.head_fusion,
+                                 discard_ratio=args.discard_ratio)
+    for p in summary["predictions"]:
+        print(f"{p['image']:<40} {p['class']:<16} {p['probability'] * 100:5.1f}%")
+    drawn = [f for f in summary["figures"] if f["file"]]
+    print(f"{len(drawn)} figures -> {summary['report']}")
+    return 0

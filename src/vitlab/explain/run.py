@@ -1,0 +1,93 @@
+"""What `vitlab explain` does, callable from Python: load a model, gather images, write the report."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import VitlabError
+from .report import ExplainOptions, explain
+
+log = logging.getLogger(__name__)
+
+
+def load_explain_model(checkpoint: str | Path) -> nn.Module:
+    """A run directory or any checkpoint vitlab reads; a registered model name builds a fresh (untrained) model."""
+    from ..checkpoint import load_model
+    from ..registry import create_model, list_models
+
+    if Path(checkpoint).exists():
+        return load_model(checkpoint)
+    if str(checkpoint) in list_models():
+        log.warning("%s: a fresh model with random weights (pass a run directory to explain a trained one)",
+                    checkpoint)
+        model = create_model(str(checkpoint)).eval()
+        model.vitlab_meta = {}
+        return model
+    raise VitlabError(f"{checkpoint}: no such checkpoint, run directory or model name")
+
+
+def model_image_size(model: nn.Module) -> int:
+    size = getattr(getattr(model, "cfg", None), "img_size", None)
+    if size is None:
+        raise VitlabError(f"{type(model).__name__} does not say its input size (cfg.img_size)")
+    if not isinstance(size, int):
+        if size[0] != size[1]:
+            raise VitlabError(f"explain reads square images; the model takes {size[0]}x{size[1]}")
+        size = size[0]
+    return int(size)
+
+
+def gather_images(paths: Sequence[str | Path], size: int, data: str | None = None, samples: int = 4,
+                  classes: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Image files, then `samples` validation images of a data spec spread evenly over the set:
+    (uint8 (B, 3, size, size), names)."""
+    from ..data import build_data, load_image
+
+    images, names = [load_image(p, size) for p in paths], [Path(p).name for p in paths]
+    if data is not None:
+        if samples < 1:
+            raise VitlabError(f"--samples must be at least 1, got {samples}")
+        val = build_data(data, size).val
+        data_classes = list(getattr(val, "classes", None) or classes or [])
+        for i in torch.linspace(0, len(val) - 1, min(samples, len(val))).round().long().tolist():
+            image, label = val[i]
+            images.append(image)
+            truth = data_classes[label] if label < len(data_classes) else str(label)
+            names.append(f"{data} val #{i} (true {truth})")
+    if not images:
+        raise VitlabError("no images: give image files or --data SPEC")
+    return torch.stack(images), names
+
+
+def class_index(name: str | None, classes: Sequence[str], num_classes: int) -> int | None:
+    """--class NAME (or an index) -> class index; None stays None (each image's prediction)."""
+    if name is None:
+        return None
+    if name in classes:
+        return list(classes).index(name)
+    if name.isdigit() and int(name) < num_classes:
+        return int(name)
+    shown = ", ".join(list(classes)[:10]) + (" ..." if len(classes) > 10 else "")
+    raise VitlabError(f"unknown class {name!r}; the model's classes are: {shown}")
+
+
+def explain_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out: str | Path, *,
+                       data: str | None = None, samples: int = 4, class_name: str | None = None,
+                       layers: Sequence[int] = (1, 3, 5, 10), head_fusion: str = "mean",
+                       discard_ratio: float = 0.0) -> dict[str, Any]:
+    """Load, gather, explain: writes out/index.html and the PNGs, returns the summary."""
+    model = load_explain_model(checkpoint)
+    classes = (getattr(model, "vitlab_meta", None) or {}).get("classes") or \
+        [str(i) for i in range(getattr(model, "num_classes", 0))]
+    batch, names = gather_images(images, model_image_size(model), data, samples, classes)
+    options = ExplainOptions(layers=tuple(layers), head_fusion=head_fusion, discard_ratio=discard_ratio,
+                             target_class=class_index(class_name, classes, len(classes)))
+    title = f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)} ({checkpoint})"
+    summary = explain(model, batch, out, classes=classes, names=names, options=options, title=title)
+    summary["report"] = str(Path(out) / "index.html")
+    return summary
