@@ -8,8 +8,15 @@ import torch
 import vitlab
 from vitlab.errors import VitlabError
 from vitlab.layers import Attention, explicit_attention
-from vitlab.layers.efficient_attention import (ATTENTION_TYPES, AxialAttention, KVPoolAttention, LinformerAttention,
-                                               LocalAttention, StridedAttention, make_attention)
+from vitlab.layers.efficient_attention import (
+    ATTENTION_TYPES,
+    AxialAttention,
+    KVPoolAttention,
+    LinformerAttention,
+    LocalAttention,
+    StridedAttention,
+    make_attention,
+)
 
 DIM, HEADS = 32, 4
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import VitlabError
 from .attention import Attention
@@ -41,7 +40,7 @@ def make_attention(kind: str, dim: int, num_heads: int, *, grid_size: tuple[int,
     window: local/strided block length l (0: ceil(sqrt(H*W)), the O(n sqrt(n)) choice); linformer_k: Linformer's k;
     sr_ratio: kv_pool's reduction r.
     """
-    common = dict(qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+    common = {"qkv_bias": qkv_bias, "attn_drop": attn_drop, "proj_drop": proj_drop}
     n = grid_size[0] * grid_size[1]
     if kind == "full":
         return Attention(dim, num_heads, **common)
@@ -140,7 +139,7 @@ class StridedAttention(_BlockSparseAttention):
     locally (block of l consecutive tokens), the other half attend to every l-th token {j : j % l = i % l}. Two
     layers connect any two tokens. Cost O(n (l + n/l) d), O(n sqrt(n) d) at l = sqrt(n)."""
 
-    def __init__(self, dim: int, num_heads: int = 8, **kwargs: int | float | bool) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, **kwargs: float | bool) -> None:
         super().__init__(dim, num_heads, **kwargs)
         if num_heads < 2:
             raise VitlabError("strided attention needs at least 2 heads (local heads + strided heads)")
@@ -232,7 +231,7 @@ class KVPoolAttention(Attention):
         if self.sr_ratio == 1:
             return x
         p, (H, W) = self.num_prefix_tokens, self.grid_size
-        B, N, C = x.shape
+        B, _N, C = x.shape
         grid = x[:, p:].transpose(1, 2).reshape(B, C, H, W)                     # (B, C, H, W)
         reduced = self.sr_norm(self.sr(grid).flatten(2).transpose(1, 2))        # (B, H/r * W/r, C)
         return torch.cat([x[:, :p], reduced], dim=1)

@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import VitlabError
 from ..layers import Attention, DropPath, Mlp, drop_path_rates, resample_pos_embed
@@ -230,7 +229,7 @@ class MViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# --- variants ----------------------------------------------------------------------------------------------------------
+# --- variants ---------------------------------------------------------------------------------------------------------
 def _mvit(overrides: dict[str, Any], **defaults: Any) -> MViT:
     return MViT(MViTConfig(**{**defaults, **overrides}))
 

@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import VitlabError
-from ..layers import Attention, PatchEmbed, drop_path_rates, to_2tuple
+from ..layers import Attention, PatchEmbed, drop_path_rates
 from ..registry import register_model
 from .vit import Block
 
@@ -133,7 +132,6 @@ class WindowAttention(Attention):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                            # each (B*nW, heads, M*M, d)
         mask = self.position_bias().unsqueeze(0)                                  # (1, heads, M*M, M*M)
         if self.shift_mask is not None:
-            nW = self.shift_mask.shape[0]
             mask = (mask.unsqueeze(0) + self.shift_mask[None, :, None])           # (1, nW, heads, M*M, M*M)
             mask = mask.expand(B, -1, -1, -1, -1).reshape(Bw, self.num_heads, n, n)
         out = self.attend(q, k, v, mask.to(q.dtype))                              # (B*nW, heads, M*M, d)
@@ -285,7 +283,7 @@ def resize_relative_position_table(table: Tensor, new_len: int, mode: str = "bic
     return grid.reshape(-1, new * new).t().to(table.dtype).contiguous()         # (new_len, heads)
 
 
-# --- variants ----------------------------------------------------------------------------------------------------------
+# --- variants ---------------------------------------------------------------------------------------------------------
 def _swin(overrides: dict[str, Any], **defaults: Any) -> SwinTransformer:
     return SwinTransformer(SwinConfig(**{**defaults, **overrides}))
 
