@@ -45,3 +45,9 @@ def hf_model() -> Callable[..., Any]:
         return randomize_(getattr(transformers, cls_name)(cfg), seed)
 
     return make
+
+
+@pytest.fixture
+def randomize() -> Callable[..., torch.nn.Module]:
+    """randomize(model, seed=0): trained-like random weights, in place; returns the model in eval mode."""
+    return randomize_
