@@ -183,3 +183,19 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
     gap = create_model("vit_micro_patch4_32", class_token=False, pool="avg")
     with pytest.raises(VitlabError, match="no equivalent of no class token, pool='avg'"):
         save_hf(gap, tmp_path)
+
+
+def test_cli_converts_an_hf_directory_both_ways(hf_model, tmp_path, capsys):
+    from vitlab.cli import main as cli_main
+
+    ref = hf_model("DeiTForImageClassificationWithTeacher", image_size=32, patch_size=8, num_labels=4)
+    ref.save_pretrained(tmp_path / "hf")
+    assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
+    assert "deit_tiny_distilled_patch16_224" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["format"] == "vitlab"
+    assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "back"), "--to", "hf"]) == 0
+    back = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "back").eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = logits(ref, x)
+    torch.testing.assert_close(logits(load_model(tmp_path / "ours"), x), expected, atol=TOL, rtol=0)
+    torch.testing.assert_close(logits(back, x), expected, atol=TOL, rtol=0)
