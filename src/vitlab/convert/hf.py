@@ -226,7 +226,6 @@ def vit_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]:
     problems = [msg for bad, msg in [
         (c.pos_embed != "learned", f"pos_embed={c.pos_embed!r}"), (not c.class_token, "no class token"),
         (c.pool != "cls", f"pool={c.pool!r}"), (c.representation_size and c.num_classes, "pre-logits layer + head"),
-        (getattr(c, "distilled", False) and c.representation_size, "distilled with a pre-logits layer"),
     ] if bad]
     if problems:
         raise VitlabError(f"{name}: transformers' ViT has no equivalent of {', '.join(problems)}")

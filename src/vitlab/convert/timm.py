@@ -101,7 +101,8 @@ def read_timm_vit(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkp
 
         raise VitlabError(f"{path}: timm weights this ViT converter does not support: {group_keys(sorted(unknown))}")
     dim = vit_sd["patch_embed.proj.weight"].shape[0]
-    heads = registered_config(name).num_heads if name and registered_config(name).dim == dim else None
+    named = registered_config(name) if name else None        # the head count a state dict cannot tell
+    heads = named.num_heads if named is not None and named.dim == dim else None
     if "pos_embed" in vit_sd and "cls_token" in vit_sd:
         vit_sd = _embed_class_position(vit_sd)
     family = "deit" if (name or "").startswith("deit") or "dist_token" in vit_sd else "vit"
