@@ -102,13 +102,18 @@ def figure_rows(images: Tensor, panels: list[list[tuple[np.ndarray, str]]], titl
     return fig
 
 
-def figure_attention_distance(distances: Tensor, uniform: float | None, title: str) -> Figure:
+def figure_attention_distance(distances: Tensor, uniform: float | None, title: str,
+                              baseline: Tensor | None = None, baseline_label: str = "at initialisation") -> Figure:
     """ViT Fig. 7 right: mean attention distance (pixels) of every head against layer depth.
-    distances (layers, heads); `uniform` draws the distance of uniform attention for reference."""
+    distances (layers, heads); `uniform` draws the distance of uniform attention for reference; `baseline`
+    (layers, heads), e.g. the untrained model, is drawn as grey crosses."""
     L, H = distances.shape
     fig = new_figure(5.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     colours = matplotlib.colormaps["tab10"]
+    if baseline is not None:
+        xs = np.repeat(np.arange(1, L + 1), baseline.shape[1])
+        ax.scatter(xs, baseline.flatten().numpy(), s=14, marker="x", color="0.6", label=baseline_label)
     for h in range(H):
         ax.scatter(np.arange(1, L + 1), distances[:, h].numpy(), s=18, color=colours(h % 10), label=f"head {h + 1}")
     if uniform is not None:

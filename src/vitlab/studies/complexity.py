@@ -1,0 +1,232 @@
+"""Study: the cost of self-attention grows with the square of the token count, a convolution's linearly.
+
+The lecture's claim: a convolution y_i = sum_k x_{i+k} w_k costs O(n) in the number of positions n, global
+self-attention y_i = sum_j softmax(q_i k_j) v_j costs O(n^2). We measure, against input size at a fixed patch
+size (so tokens grow with pixels), the parameters, multiply-adds, forward+backward time and memory of a ViT, a
+Swin (window attention: linear again), a ResNet and a ConvMixer, and fit log-log slopes: ~2 is quadratic, ~1
+linear. Memory is measured twice for the ViT: with the explicit softmax path (the n x n weights are stored) and
+the fused kernel, which on recent PyTorch never materialises them.
+
+    vitlab study complexity                 # sizes 32..224 at patch 4 (64..3136 tokens), a few minutes
+    vitlab study complexity --tiny          # seconds (the test)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..bench.flops import count_macs
+from ..errors import VitlabError
+from ..io import write_json
+from ..layers import Attention
+from ..registry import create_model, list_models
+
+log = logging.getLogger(__name__)
+
+NAME = "complexity"
+HELP = "params, FLOPs, time and memory vs token count: self-attention O(n^2) vs convolution O(n)"
+
+# label -> registered model; taken when registered (the families land separately), skipped otherwise
+MODELS = {
+    "ViT (global attention)": "vit_micro_patch4_32",
+    "Swin (window attention)": "swin_micro_patch2_window4_32",
+    "ResNet": "resnet_micro_32",
+    "ConvMixer": "convmixer_128_4_ks5_p2_32",
+}
+VIT_LABEL = "ViT (global attention)"
+FULL_SIZES = (32, 64, 96, 128, 160, 192, 224)
+TINY_SIZES = (16, 32)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default=None, help=f"comma-separated input sizes (default {','.join(map(str, FULL_SIZES))})")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per point (median)")
+    p.add_argument("--tiny", action="store_true", help=f"sizes {TINY_SIZES}, one repeat: seconds")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = TINY_SIZES if args.tiny else _sizes(args.sizes) if args.sizes else FULL_SIZES
+    repeats = 1 if args.tiny else args.repeats
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    available = set(list_models())
+    results: dict[str, Any] = {"sizes": list(sizes), "batch_size": args.batch_size, "models": {}, "skipped": {}}
+    for label, name in MODELS.items():
+        if name not in available:
+            results["skipped"][label] = f"{name} is not registered"
+            log.info("complexity: %s skipped (%s not registered)", label, name)
+            continue
+        results["models"][label] = measure_family(name, sizes, args.batch_size, repeats,
+                                                  explicit_memory=label == VIT_LABEL)
+    results["slopes"] = {label: fit_slopes(r["points"]) for label, r in results["models"].items()}
+    results["claim"] = judge(results["slopes"])
+    write_json(out / "complexity.json", results)
+    plot(results, out / "complexity.png")
+    log.info("complexity: %s", results["claim"]["summary"])
+    return results
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise VitlabError(f"--sizes takes comma-separated integers, got {text!r}") from None
+    if len(sizes) < 2:
+        raise VitlabError("--sizes needs at least two sizes to fit a slope")
+    return sizes
+
+
+def measure_family(name: str, sizes: tuple[int, ...], batch: int, repeats: int,
+                   explicit_memory: bool = False) -> dict[str, Any]:
+    """One model at every size: params, GMACs, forward+backward seconds and memory (MB) per batch."""
+    points, skipped = [], {}
+    for size in sizes:
+        try:
+            model = create_model(name, img_size=size, num_classes=10)
+        except VitlabError as e:          # e.g. a Swin stage grid that the window does not divide
+            skipped[size] = str(e)
+            continue
+        grid = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+        point = {"size": size, "pixels": size * size, "tokens": grid,
+                 "params": sum(p.numel() for p in model.parameters()),
+                 "gmacs": count_macs(_on_meta(name, size), (1, 3, size, size)) / 1e9}
+        point.update(time_and_memory(model, size, batch, repeats))
+        if explicit_memory:
+            point["memory_mb_explicit"] = with_explicit_attention(model, memory_mb, size, batch)
+        points.append(point)
+        log.info("complexity: %s %dpx: %.3f GMACs, %.3fs, %.1f MB", name, size, point["gmacs"], point["seconds"],
+                 point["memory_mb"])
+    return {"model": name, "points": points, "skipped_sizes": skipped}
+
+
+def _on_meta(name: str, size: int) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name, img_size=size, num_classes=10).eval()
+
+
+def time_and_memory(model: nn.Module, size: int, batch: int, repeats: int) -> dict[str, float]:
+    """Wall time of forward + backward on a random batch (the fastest of `repeats` after one warm-up: on a
+    shared machine the minimum is the least disturbed estimate), and its memory."""
+    model.train()
+    x = torch.randn(batch, 3, size, size)
+    step(model, x)                                       # warm-up: allocator, kernels, lazy init
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(model, x)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": min(times), "memory_mb": memory_mb(model, size, batch)}
+
+
+def step(model: nn.Module, x: Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    model(x).float().square().mean().backward()
+
+
+def memory_mb(model: nn.Module, size: int, batch: int) -> float:
+    """Memory of one forward+backward in MB. On CUDA the allocator's peak; on CPU (no allocator statistics) the
+    bytes autograd saves for backward (distinct storages), the part that grows with the input."""
+    device = next(model.parameters()).device
+    x = torch.randn(batch, 3, size, size, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step(model, x)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:          # weights (and views of them) do not grow with the input
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).float().square().mean()
+    loss.backward()
+    return sum(storages.values()) / 2**20
+
+
+def with_explicit_attention(model: nn.Module, fn: Callable[..., float], *args: Any) -> float:
+    """fn(model, *args) with every Attention module on its explicit softmax path (weights stored), then restore."""
+    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    flags = [m.fused for m in modules]
+    try:
+        for m in modules:
+            m.fused = False
+        return fn(model, *args)
+    finally:
+        for m, f in zip(modules, flags):
+            m.fused = f
+
+
+def fit_slopes(points: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Least-squares slope of log(metric) on log(pixels), over all sizes and over the upper half (asymptote)."""
+    out: dict[str, float | None] = {}
+    for key in ("gmacs", "seconds", "memory_mb", "memory_mb_explicit"):
+        pts = [(p["pixels"], p[key]) for p in points if p.get(key)]
+        out[key] = _slope(pts)
+        out[key + "_upper"] = _slope(pts[(len(pts) - 1) // 2:]) if len(pts) >= 3 else out[key]
+    return out
+
+
+def _slope(pts: list[tuple[float, float]]) -> float | None:
+    if len(pts) < 2:
+        return None
+    xs = [math.log(x) for x, _ in pts]
+    ys = [math.log(y) for _, y in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 3) if den else None
+
+
+def judge(slopes: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """The claim's sign: ViT's cost grows faster with tokens than every convolutional / windowed model's."""
+    if VIT_LABEL not in slopes:
+        return {"reproduced": None, "summary": "no ViT measured"}
+    others = {k: v for k, v in slopes.items() if k != VIT_LABEL}
+    verdict = {}
+    for key in ("gmacs_upper", "seconds_upper"):
+        vit = slopes[VIT_LABEL][key]
+        verdict[key] = bool(vit is not None and all(o[key] is not None and vit > o[key] for o in others.values()))
+    reproduced = bool(others) and all(verdict.values())
+    parts = [f"{k}: MACs slope {v['gmacs_upper']}, time slope {v['seconds_upper']}" for k, v in slopes.items()]
+    return {"reproduced": reproduced if others else None, **verdict,
+            "summary": ("reproduced" if reproduced else "not reproduced") + " (upper-half log-log slopes vs pixels; "
+                       + "; ".join(parts) + ")"}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    from ..explain.plots import figure_curves, new_figure, save_figure
+
+    fig = new_figure(14, 3.8)
+    batch = results["batch_size"]
+    panels = [("gmacs", "GMACs per image (forward)"), ("seconds", f"seconds per batch of {batch} (fwd+bwd)"),
+              ("memory_mb", "memory (MB) fwd+bwd")]
+    for i, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        curves = {}
+        for name, r in results["models"].items():
+            slope = results["slopes"][name][key + "_upper"]
+            curves[f"{name} (slope {slope})"] = {"x": [p["pixels"] for p in r["points"]],
+                                                 "y": [p[key] for p in r["points"]]}
+            if key == "memory_mb" and name == VIT_LABEL:
+                slope = results["slopes"][name]["memory_mb_explicit_upper"]
+                curves[f"ViT explicit softmax (slope {slope})"] = {
+                    "x": [p["pixels"] for p in r["points"]], "y": [p["memory_mb_explicit"] for p in r["points"]]}
+        figure_curves(curves, "input pixels (tokens x patch area)", label, label, log=True, ax_fig=(fig, ax))
+    fig.suptitle("Cost vs input size, log-log: slope 2 = O(n^2), slope 1 = O(n)", fontsize=10)
+    save_figure(fig, path)
