@@ -113,7 +113,7 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
     """
     from .convert import read_checkpoint  # foreign formats live there
 
-    ckpt = read_checkpoint(path, trust_pickle=trust_pickle, model=name)
+    ckpt = read_checkpoint(path, trust_pickle=trust_pickle, model=name, img_size=img_size)
     model_name = name or ckpt.model
     args = {**ckpt.model_args, **overrides}
     classes = ckpt.meta.get("classes")

@@ -223,3 +223,20 @@ def test_unknown_arrays_are_refused(tmp_path):
     a["params/MAPHead_0/probe"] = np.zeros((1, 1, DIM), np.float32)
     with pytest.raises(VitlabError, match="big_vision arrays this ViT converter does not support: MAPHead_0/probe"):
         read_checkpoint(_save(tmp_path, a))
+
+
+def test_new_size_resamples_like_google(tmp_path):
+    """Google's fine-tuning at a higher resolution zooms the position grid with scipy.ndimage.zoom(order=1)."""
+    from scipy.ndimage import zoom
+
+    a = google_arrays("vision_transformer", "random")
+    model = load_model(_save(tmp_path, a), img_size=16)                     # grid 2x2 -> 4x4
+    table = a["Transformer/posembed_input/pos_embedding"][0]               # (1 + 4, dim)
+    grid = table[1:].reshape(GRID, GRID, DIM).astype(np.float64)
+    expected = zoom(grid, (4 / GRID, 4 / GRID, 1), order=1).reshape(16, DIM)
+    got = model.pos_embed.detach()[0]
+    assert got.shape == (1 + 16, DIM)
+    np.testing.assert_allclose(got[1:].numpy(), expected, atol=1e-6)
+    assert torch.equal(got[0], torch.from_numpy(table[0]))                 # [CLS]'s slot is not resampled
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 16, 16)).shape == (1, CLASSES)

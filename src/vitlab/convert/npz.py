@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..layers import to_2tuple
 from . import Checkpoint, Format, register_format
 from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
 from ._vit import vit_checkpoint
@@ -99,7 +100,8 @@ def is_npz(path: Path) -> bool:
     return path.is_file() and path.suffix == ".npz" and zipfile.is_zipfile(path)
 
 
-def read_npz(path: Path, **_: Any) -> Checkpoint:
+def read_npz(path: Path, img_size: int | tuple[int, int] | None = None, **_: Any) -> Checkpoint:
+    """Read a Google .npz; with `img_size`, resample its position table there the way Google's code does."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -110,10 +112,29 @@ def read_npz(path: Path, **_: Any) -> Checkpoint:
     sd = fuse_qkv({k: flax_to_torch(k, v) for k, v in sd.items()})
     if layout == "big_vision" and "cls_token" in sd and "pos_embed" in sd:
         sd["pos_embed"] = _position_for_cls(sd["pos_embed"])
-    # Google resamples position embeddings with scipy.ndimage.zoom(order=1), i.e. (bi)linear; timm loads .npz
-    # bilinearly too.
+    if img_size is not None and "pos_embed" in sd:
+        patch = sd["patch_embed.proj.weight"].shape[-1]
+        new_grid = tuple(s // patch for s in to_2tuple(img_size))
+        sd["pos_embed"] = resample_like_google(sd["pos_embed"], new_grid, int("cls_token" in sd))
+    # Resampled later (load_weights without img_size here): bilinear is the nearest of F.interpolate's modes.
     return vit_checkpoint(sd, family="vit", source=f"npz ({layout})", num_heads=heads, norm_eps=1e-6,
-                          interpolation="bilinear", antialias=False)
+                          img_size=img_size, interpolation="bilinear", antialias=False)
+
+
+def resample_like_google(pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
+    """Google's high-resolution fine-tuning (ViT §3.2): the grid part of the table is zoomed with
+    scipy.ndimage.zoom(order=1), linear interpolation with corners aligned, which is F.interpolate(bilinear,
+    align_corners=True). pos_embed (1, prefix + g*g, dim) -> (1, prefix + nh*nw, dim); prefix rows kept."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    side = round(grid.shape[1] ** 0.5)
+    if side * side != grid.shape[1]:
+        raise VitlabError(f"position table of {grid.shape[1]} patches is not a square grid")
+    if (side, side) == tuple(new_grid):
+        return pos_embed
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)                    # (1, dim, g, g)
+    grid = torch.nn.functional.interpolate(grid.double(), size=new_grid, mode="bilinear", align_corners=True)
+    grid = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])   # (1, nh*nw, dim)
+    return torch.cat([prefix, grid], dim=1)
 
 
 def vitlab_names_from_npz(arrays: dict[str, np.ndarray], path: Path | str = "checkpoint"
