@@ -66,3 +66,22 @@ def test_baseline_without_st_is_the_same_classifier_on_the_identity_crop():
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), model.branches[0](x), rtol=1e-5, atol=1e-5)
+
+
+def test_study_distortions_are_similarity_transforms_within_their_ranges():
+    from vitlab.studies.stn import distort, random_affine
+
+    theta = random_affine(500, torch.Generator().manual_seed(0), max_rotation=60.0, scale=(0.7, 1.2), max_shift=0.3)
+    A, b = theta[:, :, :2], theta[:, :, 2]
+    inv_scale = A[:, 0].norm(dim=1)                                             # 1 / s
+    torch.testing.assert_close(A @ A.transpose(1, 2), inv_scale[:, None, None] ** 2 * torch.eye(2).expand(500, 2, 2))
+    assert inv_scale.min() >= 1 / 1.2 - 1e-5 and inv_scale.max() <= 1 / 0.7 + 1e-5
+    angle = torch.atan2(A[:, 0, 1], A[:, 0, 0]).rad2deg()                       # A = R(-a) / s
+    assert angle.abs().max() <= 60.0 + 1e-3 and angle.abs().max() > 50.0
+    shift = -torch.linalg.solve(A, b)                                            # t, the object's displacement
+    assert shift.abs().max() <= 0.3 + 1e-5
+    # identity: a 32 px image shrunk to half a 48 px canvas lands in the centre, the border stays black
+    image = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    canvas = distort(image, 48, torch.eye(2, 3).unsqueeze(0), 0.5)
+    assert canvas.shape == (1, 3, 48, 48)
+    assert torch.all(canvas[..., 13:35, 13:35] > 0.99) and torch.all(canvas[..., :11, :] == 0)
