@@ -1,0 +1,44 @@
+import argparse
+import json
+
+import pytest
+import torch
+
+from vitlab.studies import available_studies
+from vitlab.studies.attention_distance import judge, run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_study_trains_and_measures(tmp_path):
+    assert "attention-distance" in available_studies()
+    args = argparse.Namespace(out=str(tmp_path), tiny=True, data="digits", img_size=16, vit="vit_micro_patch2_16",
+                              epochs=30, checkpoint=None, reuse=False, eval_images=256, seed=0)
+    res = run(args)
+    assert (tmp_path / "vit" / "model.safetensors").is_file()               # trained by vitlab.train
+    assert (tmp_path / "attention_distance.png").is_file()
+    saved = json.loads((tmp_path / "attention_distance.json").read_text())
+    assert saved["grid"] == [4, 4] and len(saved["trained_px"]) == 6 and len(saved["trained_px"][0]) == 4
+    # every distance lies between 0 and the grid's diagonal (3 patches of 2px each way)
+    assert all(0 <= d <= 2 * 3 * 2 ** 0.5 for row in res["trained_px"] for d in row)
+    assert isinstance(res["claims"]["distance_grows_with_depth"], bool)
+    # reuse: the model trained above is loaded, not retrained
+    again = run(argparse.Namespace(**{**vars(args), "reuse": True}))
+    assert again["trained_px"] == res["trained_px"]
+
+
+def test_judge_signs():
+    uniform = 10.0
+    growing = torch.tensor([[1.0, 9.0], [4.0, 6.0], [8.0, 9.0]])             # layer 1: one local, one global head
+    claims = judge(growing, torch.full((3, 2), 10.0), uniform)
+    assert claims["distance_grows_with_depth"] and claims["first_layer_has_global_head"]
+    assert claims["spearman_depth_vs_distance"] == pytest.approx(1.0)
+    shrinking = growing.flip(0) * 0.5
+    claims = judge(shrinking, torch.full((3, 2), 10.0), uniform)
+    assert not claims["distance_grows_with_depth"] and not claims["first_layer_has_global_head"]
