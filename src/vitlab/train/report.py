@@ -49,3 +49,27 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_rollout(model: torch.nn.Module, val: Any, classes: list[str], path: str | Path, count: int = 4) -> Path | None:
+    """Attention rollout (vitlab.explain) on `count` validation images of different classes. Returns None, with a
+    log line, for models without global attention over a patch grid (CNNs, windowed attention)."""
+    import logging
+
+    from ..errors import VitlabError
+    from ..explain import save_rollout_figure
+
+    picked: dict[int, int] = {}
+    for i, label in enumerate(val.labels.tolist()):
+        picked.setdefault(label, i)
+        if len(picked) == count:
+            break
+    index = list(picked.values())
+    if not index:
+        return None
+    images = torch.stack([val[i][0] for i in index])
+    try:
+        return save_rollout_figure(model, images, path, classes=classes, labels=[int(val.labels[i]) for i in index])
+    except VitlabError as e:
+        logging.getLogger(__name__).info("report: no attention rollout for this model (%s)", e)
+        return None

@@ -28,7 +28,7 @@ from ..registry import create_model
 from .ema import ModelEMA
 from .objectives import ClassificationObjective, DistillationObjective
 from .optim import build_optimizer, warmup_cosine
-from .report import plot_confusion, plot_curves
+from .report import plot_confusion, plot_curves, plot_rollout
 from .state import STATE_NAME, load_state, rng_state, save_state, set_rng_state
 from .trainer import Progress, Trainer, evaluate
 
@@ -42,10 +42,10 @@ class TrainConfig:
     model: str = DEFAULT_MODEL          # registered model name
     data: str = "digits"                # data spec: digits, shapes, or a path (ImageFolder, CIFAR, MNIST idx)
     out: str = "runs/train"             # run directory
-    epochs: int = 60                    # epochs the schedule spans
+    epochs: int = 100                   # epochs the schedule spans
     stop_at: int | None = None          # stop after this epoch (resume later with --resume); None = epochs
-    batch_size: int = 64
-    lr: float = 1e-3                    # peak learning rate (AdamW)
+    batch_size: int = 32
+    lr: float = 2e-3                    # peak learning rate (AdamW)
     weight_decay: float = 0.05          # AdamW decay on weights (not norms, biases, tokens, position embeddings)
     warmup_epochs: float = 5.0          # linear warm-up, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.01
@@ -53,11 +53,11 @@ class TrainConfig:
     grad_accum: int = 1                 # batches per optimizer step
     label_smoothing: float = 0.1
     img_size: int | None = None         # input side; None = the model's
-    drop_path: float | None = None      # stochastic depth rate; None = the model's default
+    drop_path: float | None = 0.1       # stochastic depth rate, for models that have it; None = the model's default
     model_args: dict[str, Any] = field(default_factory=dict)   # other constructor overrides (e.g. attention)
     checkpoint: str | None = None       # initial weights (fine-tuning): a run directory or a foreign checkpoint
     hflip: bool | None = None           # None: on, except for digit data (a mirrored 2 is not a 2)
-    crop_scale: float = 0.35            # random resized crop lower area bound; >= 1 turns it off
+    crop_scale: float = 0.8             # random resized crop lower area bound; >= 1 turns it off
     randaugment: int = 0                # RandAugment ops per image (0 = off)
     mixup: float = 0.0                  # Mixup alpha (0 = off)
     cutmix: float = 0.0                 # CutMix alpha (0 = off)
@@ -146,9 +146,15 @@ def _create(name: str, args: dict[str, Any]) -> torch.nn.Module:
         raise VitlabError(f"{name}: {e}") from None
 
 
+def _takes_drop_path(name: str, args: dict[str, Any]) -> bool:
+    with torch.device("meta"):
+        cfg = getattr(_create(name, args), "cfg", None)
+    return cfg is not None and hasattr(cfg, "drop_path_rate")
+
+
 def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> torch.nn.Module:
     args = dict(cfg.model_args)
-    if cfg.drop_path is not None:
+    if cfg.drop_path is not None and _takes_drop_path(cfg.model, args):
         args["drop_path_rate"] = cfg.drop_path
     if cfg.checkpoint:
         from ..checkpoint import load_model
@@ -240,6 +246,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     write_json(out / "metrics.json", metrics)
     plot_curves(history, out / "curves.png")
     plot_confusion(result["confusion"], data.classes, out / "confusion.png")
+    plot_rollout(ema.module if ema is not None else model, data.val, data.classes, out / "rollout.png")  # explain
     return metrics
 
 
