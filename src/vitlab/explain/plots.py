@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -172,15 +173,15 @@ def figure_filters(components: Tensor, explained: Tensor, title: str, cols: int 
     return fig
 
 
-def figure_curves(curves: dict[str, dict[str, Sequence[float]]], x_label: str, y_label: str, title: str,
+def figure_curves(curves: dict[str, dict[str, Any]], x_label: str, y_label: str, title: str,
                   log: bool = False, ax_fig: tuple | None = None) -> Figure:
-    """Line plot of several series: curves[label] = {"x": [...], "y": [...]}."""
+    """Line plot of several series: curves[label] = {"x": [...], "y": [...]} with optional "color" and "style"."""
     fig, ax = ax_fig if ax_fig is not None else (None, None)
     if fig is None:
         fig = new_figure(5.0, 3.6)
         ax = fig.add_subplot(1, 1, 1)
     for label, c in curves.items():
-        ax.plot(c["x"], c["y"], marker="o", markersize=3, label=label)
+        ax.plot(c["x"], c["y"], c.get("style", "-"), marker="o", markersize=3, label=label, color=c.get("color"))
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")

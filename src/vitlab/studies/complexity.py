@@ -212,21 +212,24 @@ def judge(slopes: dict[str, dict[str, float | None]]) -> dict[str, Any]:
 def plot(results: dict[str, Any], path: Path) -> None:
     from ..explain.plots import figure_curves, new_figure, save_figure
 
-    fig = new_figure(14, 3.8)
-    batch = results["batch_size"]
-    panels = [("gmacs", "GMACs per image (forward)"), ("seconds", f"seconds per batch of {batch} (fwd+bwd)"),
-              ("memory_mb", "memory (MB) fwd+bwd")]
+    fig = new_figure(15, 4.2)
+    panels = [("gmacs", "GMACs per image (forward)"),
+              ("seconds", f"seconds per batch of {results['batch_size']} (fwd+bwd)"),
+              ("memory_mb", "memory, MB (fwd+bwd)")]
+    colours = {name: f"C{i}" for i, name in enumerate(MODELS)}
     for i, (key, label) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
         curves = {}
         for name, r in results["models"].items():
+            x = [p["pixels"] for p in r["points"]]
             slope = results["slopes"][name][key + "_upper"]
-            curves[f"{name} (slope {slope})"] = {"x": [p["pixels"] for p in r["points"]],
-                                                 "y": [p[key] for p in r["points"]]}
+            curves[f"{name}: slope {slope}"] = {"x": x, "y": [p[key] for p in r["points"]], "color": colours[name]}
             if key == "memory_mb" and name == VIT_LABEL:
                 slope = results["slopes"][name]["memory_mb_explicit_upper"]
-                curves[f"ViT explicit softmax (slope {slope})"] = {
-                    "x": [p["pixels"] for p in r["points"]], "y": [p["memory_mb_explicit"] for p in r["points"]]}
-        figure_curves(curves, "input pixels (tokens x patch area)", label, label, log=True, ax_fig=(fig, ax))
-    fig.suptitle("Cost vs input size, log-log: slope 2 = O(n^2), slope 1 = O(n)", fontsize=10)
+                curves[f"ViT, explicit softmax: slope {slope}"] = {
+                    "x": x, "y": [p["memory_mb_explicit"] for p in r["points"]], "color": colours[name],
+                    "style": "--"}
+        figure_curves(curves, "input pixels (tokens x patch area)", "", label, log=True, ax_fig=(fig, ax))
+    fig.suptitle("Cost vs input size, log-log (slopes fitted on the larger half): 2 = O(n^2), 1 = O(n)", fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path)

@@ -224,17 +224,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     panels = [("patch_drop", "fraction of patches dropped"), ("patch_shuffle", "shuffle grid (g x g blocks)"),
               ("noise", "Gaussian noise sigma"), ("fgsm", "FGSM eps (x 1/255)"), ("pgd", "PGD eps (x 1/255)")]
-    fig = new_figure(4.0 * len(panels), 3.6)
+    fig = new_figure(3.6 * len(panels), 3.8)
     for i, (key, xlabel) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        curves = {label: {"x": [float(k) for k in r[key]], "y": list(r[key].values())}
+        curves = {f"{label} ({r['name']})": {"x": [float(k) for k in r[key]], "y": list(r[key].values())}
                   for label, r in results["models"].items()}
         claim = results["claims"][key]
-        title = f"{key.replace('_', ' ')}: relative ViT {claim['vit_relative']}, ResNet {claim['resnet_relative']}"
-        figure_curves(curves, xlabel, "top-1 accuracy (%)", title, ax_fig=(fig, ax))
+        title = (f"{key.replace('_', ' ')}\nkept (mean acc / clean): ViT {claim['vit_relative']}, "
+                 f"ResNet {claim['resnet_relative']}")
+        figure_curves(curves, xlabel, "top-1 accuracy (%)" if i == 0 else "", title, ax_fig=(fig, ax))
         ax.set_ylim(0, 100)
-        if key in ("fgsm", "pgd"):
-            ax.set_xscale("symlog", linthresh=1)
     fig.suptitle(f"Robustness on {results['data']} at {results['img_size']}px ({results['eval_images']} validation "
-                 f"images)", fontsize=10)
+                 f"images; attacks on {next(iter(results['models'].values()))['attack_images']})", fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path)
