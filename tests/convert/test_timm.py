@@ -170,3 +170,16 @@ def test_npz_read_by_timm_equals_ours(tmp_path, timm, randomize, layout, kw):
     x = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(_logits(ours, x), _logits(timm_npz.eval(), x), atol=TOL, rtol=0)
     torch.testing.assert_close(_logits(ours, x), _logits(ref, x), atol=TOL, rtol=0)
+
+
+def test_mismatches_are_listed_grouped(tmp_path, deit_weights):
+    sd, _ = deit_weights
+    broken = {k: v for k, v in sd.items() if not k.endswith("norm2.weight")}         # missing in every block
+    broken["blocks.1.mlp.fc1.weight"] = torch.zeros(100, 192)                        # wrong shape
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(VitlabError) as err:
+        load_model(tmp_path / "broken.pth")
+    msg = str(err.value)
+    assert "missing: blocks.{0..1}.norm2.weight" in msg
+    assert "shape mismatch: blocks.1.mlp.fc1.weight (100, 192) vs (768, 192)" in msg
+    assert "\n" not in msg
