@@ -46,7 +46,7 @@ def vit_architecture(sd: dict[str, Tensor], num_heads: int | None = None,
     num_prefix = int(class_token) + int(distilled)
     args: dict[str, Any] = {
         "dim": dim, "depth": depth, "num_heads": num_heads, "patch_size": ph, "in_chans": in_chans,
-        "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        "mlp_ratio": mlp_ratio_for(sd["blocks.0.mlp.fc1.weight"].shape[0], dim),
         "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
         "class_token": class_token,
         "pool": "avg" if "fc_norm.weight" in sd or not class_token else "cls",
@@ -68,6 +68,12 @@ def vit_architecture(sd: dict[str, Tensor], num_heads: int | None = None,
         args["distilled"] = True
         args["dist_head"] = "head_dist.weight" in sd or args["num_classes"] == 0
     return args
+
+
+def mlp_ratio_for(hidden: int, dim: int) -> float:
+    """The mlp_ratio whose int(dim * ratio) is exactly `hidden` (hidden / dim can round just below it)."""
+    ratio = hidden / dim
+    return ratio if int(dim * ratio) == hidden else (hidden + 0.5) / dim
 
 
 def vit_model_name(family: str, args: dict[str, Any]) -> str:
