@@ -55,5 +55,5 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str = "vitlab", 
     else:
         extra = {k: v for k, v in meta.items() if k in ("source_format",)}
         save_model(net, dst, classes=meta.get("classes"), **extra)
-    log.info("wrote %s (%s) from %s", dst, to, src)
+    log.debug("wrote %s (%s) from %s", dst, to, src)
     return net

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,11 @@ def load_torch(path: str | Path, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        what = str(e).splitlines()
-        culprit = next((line.strip() for line in what if "GLOBAL" in line or "Unsupported" in line), "")
+        culprits = sorted(set(re.findall(r"GLOBAL (\S+)", str(e))))
         raise VitlabError(
             f"{path}: refusing to unpickle it: the file holds Python objects beyond tensors "
-            f"({culprit or 'weights_only=True failed'}) and unpickling can run code; if you trust its source, "
-            f"convert it once with `vitlab convert {path} OUT --trust-pickle`") from None
+            f"({', '.join(culprits) or 'weights_only=True failed'}) and unpickling can run code; if you trust its "
+            f"source, convert it once with `vitlab convert {path} OUT --trust-pickle`") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise VitlabError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0]})") from None
 
