@@ -12,8 +12,7 @@ import torch
 import vitlab
 from vitlab.convert import read_checkpoint
 from vitlab.convert._keymap import rename
-from vitlab.convert.timm_convnets import (TIMM_CONVMIXER_KEYS, TIMM_CONVNEXT_KEYS, TIMM_MIXER_KEYS,
-                                          TIMM_RESNET_KEYS)
+from vitlab.convert.timm_convnets import TIMM_CONVMIXER_KEYS, TIMM_CONVNEXT_KEYS, TIMM_MIXER_KEYS, TIMM_RESNET_KEYS
 from vitlab.errors import VitlabError
 
 CASES = [  # (our model, overrides, table, input size)
