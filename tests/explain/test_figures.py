@@ -113,3 +113,12 @@ def test_cli_explain_errors(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["explain", "--checkpoint", "vit_micro_patch4_32", "--out", str(tmp_path)]) == 2
     assert "give image files" in capsys.readouterr().err
+
+
+def test_hybrid_filters_are_not_pixels():
+    import vitlab
+
+    if "vit_micro_r8_s4_32" not in vitlab.list_models():
+        pytest.skip("hybrid ViT is not registered")
+    with pytest.raises(VitlabError, match="feature channels"):
+        patch_embedding_components(vitlab.create_model("vit_micro_r8_s4_32", num_classes=2))

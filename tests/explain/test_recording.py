@@ -77,3 +77,23 @@ def test_recording_restores_on_exception(vit):
 def test_model_without_attention_is_an_error():
     with pytest.raises(VitlabError, match="no vitlab Attention"):
         attention_maps(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8))
+
+
+def test_windowed_attention_is_recorded_per_window():
+    import vitlab
+
+    if "swin_micro_patch2_window4_32" not in vitlab.list_models():
+        pytest.skip("Swin is not registered")
+    torch.manual_seed(0)
+    swin = vitlab.create_model("swin_micro_patch2_window4_32", num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = swin(x)
+    out, maps = record_attention(swin, x)
+    torch.testing.assert_close(out, before, rtol=1e-4, atol=1e-5)
+    assert len(maps) == 6                                              # depths (2, 2, 2)
+    assert maps[0].shape == (2 * 16, 2, 16, 16)                        # 16x16 grid in 4x4 windows, 2 heads
+    assert maps[-1].shape == (2 * 1, 8, 16, 16)                        # 4x4 grid: one window, 8 heads
+    for m in maps:
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+    assert all(m.fused for m in attention_modules(swin))

@@ -45,3 +45,11 @@ def attention_distances(attentions: Sequence[Tensor], grid_size: tuple[int, int]
                         num_prefix_tokens: int = 1) -> Tensor:
     """One mean distance per layer and head: list of (B, heads, N, N) -> (layers, heads) in pixels."""
     return torch.stack([mean_attention_distance(a, grid_size, patch_size, num_prefix_tokens) for a in attentions])
+
+
+def pixel_patch_size(model) -> tuple[int, int]:
+    """Side of one token's cell in input pixels: the image size over the token grid (for a hybrid model whose
+    patch embedding reads a CNN feature map, that is the backbone stride times the patch)."""
+    grid = model.patch_embed.grid_size
+    size = to_2tuple(getattr(model.cfg, "img_size", None) or model.patch_embed.img_size)
+    return size[0] // grid[0], size[1] // grid[1]

@@ -17,6 +17,8 @@ def patch_embedding_weight(model: nn.Module) -> Tensor:
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
     if not isinstance(proj, nn.Conv2d) or proj.stride != proj.kernel_size:
         raise VitlabError(f"{type(model).__name__} has no linear patch embedding (patch_embed.proj)")
+    if proj.in_channels not in (1, 3):     # hybrid models embed a CNN's feature map, not pixels
+        raise VitlabError(f"its patch embedding reads {proj.in_channels} feature channels, not image pixels")
     return proj.weight.detach()
 
 

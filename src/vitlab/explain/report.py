@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import VitlabError
 from ..io import write_json, write_text
 from . import plots
-from .distance import attention_distances, patch_distances
+from .distance import attention_distances, patch_distances, pixel_patch_size
 from .filters import patch_embedding_components
 from .patch_logits import patch_logits
 from .pos_embed import position_embedding_similarity
@@ -208,7 +208,7 @@ def _cls_attention(ctx: _Context) -> ReportFigure:
 
 def _attention_distance(ctx: _Context) -> ReportFigure:
     attn, grid, prefix = _global_attentions(ctx)
-    patch = ctx.model.patch_embed.patch_size
+    patch = pixel_patch_size(ctx.model)
     dist = attention_distances(attn, grid, patch, prefix)                          # (layers, heads)
     uniform = float(patch_distances(grid, patch).mean())
     ctx.summary["mean_attention_distance_px"] = [[round(float(v), 3) for v in row] for row in dist]

@@ -24,7 +24,7 @@ from ..checkpoint import load_model
 from ..data import build_data
 from ..errors import VitlabError
 from ..explain import attention_maps, model_input, patch_distances
-from ..explain.distance import mean_attention_distance
+from ..explain.distance import mean_attention_distance, pixel_patch_size
 from ..io import write_json
 from ..registry import create_model
 from .robustness import train_or_load
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     init_model = create_model(model.vitlab_name, **model.vitlab_args).eval()
     init_model.vitlab_meta = getattr(model, "vitlab_meta", {})
     initial = distances(init_model, images)
-    grid, patch = model.patch_embed.grid_size, model.patch_embed.patch_size
+    grid, patch = model.patch_embed.grid_size, pixel_patch_size(model)
     uniform = float(patch_distances(grid, patch).mean())
 
     results = {"model": model.vitlab_name, "how": trained_how, "data": args.data, "img_size": size,
@@ -91,7 +91,7 @@ def distances(model: nn.Module, images: Tensor, batch: int = 64) -> Tensor:
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
         raise VitlabError(f"{type(model).__name__} has no patch grid: attention distance needs a ViT")
-    patch, prefix = model.patch_embed.patch_size, getattr(model, "num_prefix_tokens", 0)
+    patch, prefix = pixel_patch_size(model), getattr(model, "num_prefix_tokens", 0)
     total, count = None, 0
     for i in range(0, len(images), batch):
         chunk = images[i:i + batch]

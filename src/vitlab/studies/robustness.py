@@ -31,6 +31,7 @@ from ..checkpoint import load_model
 from ..data import build_data
 from ..data.augment import Normalize
 from ..errors import VitlabError
+from ..explain.distance import pixel_patch_size
 from ..io import write_json
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = {"ViT": train_or_load(args.vit, args, out / "vit"), "ResNet": train_or_load(args.resnet, args, out / "resnet")}
-    patch = models["ViT"][0].patch_embed.patch_size
+    patch = pixel_patch_size(models["ViT"][0])
     data = build_data(args.data, args.img_size)
     n = min(args.eval_images, len(data.val))
     images = torch.stack([data.val[i][0] for i in range(n)]).float() / 255.0          # (n, 3, S, S) in [0, 1]
