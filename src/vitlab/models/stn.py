@@ -87,7 +87,9 @@ class SpatialTransformer(nn.Module):
         theta = self.theta(x)                                                     # (B, K, 2, 3)
         grid = F.affine_grid(theta.reshape(B * K, 2, 3).to(x.dtype), [B * K, C, S, S], align_corners=False)
         source = x.repeat_interleave(K, dim=0)                                    # (B*K, C, H, W)
-        crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # Outside the input the sampler repeats the border pixel: zero padding would paint the mean colour (0 after
+        # normalisation) into crops that reach past the image, an edge the classifier could latch onto.
+        crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return crops.view(B, K, C, S, S), theta
 
 
