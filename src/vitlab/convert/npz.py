@@ -42,8 +42,10 @@ def _block_table(mha: str, ln2: str, mlp: str) -> KeyTable:
         (b + f"{mha}/value/kernel", "blocks.{i}.attn.v.weight"), (b + f"{mha}/value/bias", "blocks.{i}.attn.v.bias"),
         (b + f"{mha}/out/kernel", "blocks.{i}.attn.proj.weight"), (b + f"{mha}/out/bias", "blocks.{i}.attn.proj.bias"),
         (b + f"{ln2}/scale", "blocks.{i}.norm2.weight"), (b + f"{ln2}/bias", "blocks.{i}.norm2.bias"),
-        (b + f"{mlp}/Dense_0/kernel", "blocks.{i}.mlp.fc1.weight"), (b + f"{mlp}/Dense_0/bias", "blocks.{i}.mlp.fc1.bias"),
-        (b + f"{mlp}/Dense_1/kernel", "blocks.{i}.mlp.fc2.weight"), (b + f"{mlp}/Dense_1/bias", "blocks.{i}.mlp.fc2.bias"),
+        (b + f"{mlp}/Dense_0/kernel", "blocks.{i}.mlp.fc1.weight"),
+        (b + f"{mlp}/Dense_0/bias", "blocks.{i}.mlp.fc1.bias"),
+        (b + f"{mlp}/Dense_1/kernel", "blocks.{i}.mlp.fc2.weight"),
+        (b + f"{mlp}/Dense_1/bias", "blocks.{i}.mlp.fc2.bias"),
     ]
 
 

@@ -127,7 +127,9 @@ def build_idx(files: dict[str, Path], image_size: int, *, cache_bytes: int, name
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An idx file (optionally gzipped) -> uint8 array. Header: 0, 0, type (0x08 = ubyte), ndim; then big-endian dims."""
+    """An idx file (optionally gzipped) -> uint8 array.
+
+    Header: 0, 0, type (0x08 = ubyte), ndim; then big-endian dims."""
     try:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rb") as f:

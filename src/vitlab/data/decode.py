@@ -54,7 +54,8 @@ def decode_image(path_or_bytes: PathOrBytes, *, min_size: int | None = None) -> 
 
 
 def load_image(path: PathOrBytes, image_size: int) -> Tensor:
-    """One image file -> (3, S, S) uint8: robust decode, shorter side resized to S (bilinear, antialiased), centre crop."""
+    """One image file -> (3, S, S) uint8: robust decode, shorter side resized to S (bilinear, antialiased),
+    centre crop."""
     img = decode_image(path, min_size=image_size)
     w, h = img.size
     scale = image_size / min(w, h)

@@ -42,7 +42,8 @@ def build_digits(image_size: int) -> DataBundle:
 
 @lru_cache(maxsize=1)
 def digits_svc_reference() -> float:
-    """Top-1 % of sklearn SVC(gamma=0.001) on the flattened raw pixels of the same split: the bar a model should reach."""
+    """Top-1 % of sklearn SVC(gamma=0.001) on the flattened raw pixels of the same split: the bar a model should
+    reach."""
     from sklearn.svm import SVC
 
     X_train, X_val, y_train, y_val = digits_split()

@@ -1,4 +1,5 @@
-"""Batches of (uint8 images, int64 labels) on the CPU: deterministic order, sharded across ranks like DistributedSampler.
+"""Batches of (uint8 images, int64 labels) on the CPU: deterministic order, sharded across ranks like
+DistributedSampler.
 
 In-memory sets are indexed directly (no DataLoader, no copies beyond the batch). Lazy sets go through a DataLoader
 whose collate drops items that failed to decode; the main process records their paths in imageset.skipped.

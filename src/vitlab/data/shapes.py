@@ -77,7 +77,8 @@ def _shape_mask(shape: str, S: int, cx: float, cy: float, r: float, angle: float
 
     def polygon(radii: list[float], start: float) -> list[tuple[float, float]]:
         k = len(radii)
-        return [(cx + radii[j] * math.cos(start + 2 * math.pi * j / k), cy + radii[j] * math.sin(start + 2 * math.pi * j / k))
+        angles = [start + 2 * math.pi * j / k for j in range(len(radii))]
+        return [(cx + radii[j] * math.cos(angles[j]), cy + radii[j] * math.sin(angles[j]))
                 for j in range(k)]
 
     if shape == "circle":

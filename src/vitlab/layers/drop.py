@@ -1,7 +1,6 @@
 """Stochastic depth (Huang et al. 2016): drop a residual branch per sample."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

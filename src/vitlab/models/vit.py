@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import VitlabError
-from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, resample_pos_embed, sincos_2d, to_2tuple
+from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, resample_pos_embed, sincos_2d
 from ..layers.efficient_attention import make_attention
 from ..registry import register_model
 
