@@ -125,7 +125,14 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
     from .registry import create_model
 
     model = create_model(model_name, **args)
-    load_weights(model, ckpt.state_dict, interpolation=ckpt.interpolation, antialias=ckpt.antialias)
+    state_dict = ckpt.state_dict
+    if img_size is not None and "_grid_size" not in state_dict:
+        # The source grid may be non-square: read it off the source model (meta device, no memory).
+        with torch.device("meta"):
+            source = create_model(model_name, **{**ckpt.model_args, **overrides})
+        if isinstance(getattr(source, "pos_embed", None), nn.Parameter) and hasattr(source, "grid_size"):
+            state_dict = {**state_dict, "_grid_size": tuple(source.grid_size)}
+    load_weights(model, state_dict, interpolation=ckpt.interpolation, antialias=ckpt.antialias)
     if num_classes is not None and src_classes is not None and num_classes != src_classes:
         classes = None
     model.vitlab_meta = {k: v for k, v in ckpt.meta.items() if k != "classes"} | ({"classes": classes} if classes

@@ -124,3 +124,13 @@ def test_list_models_pattern():
             "vit_large_patch16_224"} <= set(names)
     assert names == sorted(names)
     assert "vit_huge_patch14_224" in vitlab.list_models("vit_huge*")
+
+
+def test_non_square_checkpoint_resamples_to_new_size(tmp_path):
+    torch.manual_seed(0)
+    src = vitlab.create_model("vit_micro_patch4_32", img_size=(16, 32), num_classes=2)
+    save_model(src, tmp_path / "ck")
+    big = load_model(tmp_path / "ck", img_size=(32, 32))
+    assert big.pos_embed.shape == (1, 1 + 64, 64)
+    from vitlab.layers import resample_pos_embed
+    torch.testing.assert_close(big.pos_embed, resample_pos_embed(src.pos_embed, (8, 8), (4, 8)))
