@@ -21,7 +21,7 @@ from ..io import atomic_path
 
 
 def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -50,11 +50,14 @@ def resize_map(heat: Tensor, size: tuple[int, int], smooth: bool = True) -> np.n
     return F.interpolate(heat, size=size, mode="nearest")[0, 0].numpy()
 
 
-def overlay(image: Tensor, heat: Tensor, alpha: float = 0.55, cmap: str = "jet") -> np.ndarray:
-    """The image with a heat map (any (h, w), min-max scaled) blended over it: (H, W, 3) in [0, 1]."""
+def overlay(image: Tensor, heat: Tensor, alpha: float = 0.55, cmap: str = "jet",
+            limits: tuple[float, float] | None = None) -> np.ndarray:
+    """The image with a heat map (any (h, w)) blended over it: (H, W, 3) in [0, 1]. The map is scaled to
+    `limits` (vmin, vmax), by default its own min and max."""
     base = image_hwc(image)
     h = resize_map(heat, base.shape[:2])
-    h = (h - h.min()) / max(float(h.max() - h.min()), 1e-12)
+    lo, hi = limits if limits is not None else (float(h.min()), float(h.max()))
+    h = np.clip((h - lo) / max(hi - lo, 1e-12), 0, 1)
     colour = matplotlib.colormaps[cmap](h)[..., :3]
     return (1 - alpha) * base + alpha * colour
 

@@ -259,6 +259,7 @@ def _with_fixations(image: Tensor, fixations: list[tuple[float, float]]) -> np.n
 def _patch_logits(ctx: _Context) -> ReportFigure:
     logits = patch_logits(ctx.model, model_input(ctx.model, ctx.images)).cpu()      # (B, classes, gh, gw)
     target = ctx.options.target_class
+    limit = float(max(logits.abs().max(), 1e-6))
     rows = []
     for i, image in enumerate(ctx.images):
         k = target if target is not None else int(ctx.probs[i].argmax())
@@ -266,8 +267,7 @@ def _patch_logits(ctx: _Context) -> ReportFigure:
         rows.append([(plots.image_hwc(image), ctx.names[i]),
                      (plots.resize_map(heat, tuple(image.shape[1:]), smooth=False),
                       f"logits for class {_class_name(ctx, k)}"),
-                     (plots.overlay(image, heat), "overlay")])
-    limit = float(max(logits.abs().max(), 1e-6))
+                     (plots.overlay(image, heat, cmap="RdBu_r", limits=(-limit, limit)), "overlay")])
     fig = plots.figure_rows(ctx.images, rows, "Per-patch class logits (head on every patch token)",
                             colorbar={"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})
     plots.save_figure(fig, ctx.out / "patch_logits.png")

@@ -231,5 +231,4 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     "style": "--"}
         figure_curves(curves, "input pixels (tokens x patch area)", "", label, log=True, ax_fig=(fig, ax))
     fig.suptitle("Cost vs input size, log-log (slopes fitted on the larger half): 2 = O(n^2), 1 = O(n)", fontsize=10)
-    fig.tight_layout()
     save_figure(fig, path)

@@ -237,5 +237,4 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylim(0, 100)
     fig.suptitle(f"Robustness on {results['data']} at {results['img_size']}px ({results['eval_images']} validation "
                  f"images; attacks on {next(iter(results['models'].values()))['attack_images']})", fontsize=10)
-    fig.tight_layout()
     save_figure(fig, path)
