@@ -32,7 +32,8 @@ def test_drop_patches_blacks_out_the_fraction():
 def test_shuffle_permutes_blocks():
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     out = shuffle_patches(images, 4, torch.Generator().manual_seed(1))
-    blocks = lambda x: x.view(2, 3, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 16, -1)
+    def blocks(x):
+        return x.view(2, 3, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 16, -1)
     a, b = blocks(images), blocks(out)
     for i in range(2):                                                      # same set of blocks, another order
         assert sorted(map(tuple, a[i].tolist())) == sorted(map(tuple, b[i].tolist()))

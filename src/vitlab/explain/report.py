@@ -68,7 +68,8 @@ def model_input(model: nn.Module, images: Tensor) -> Tensor:
     std = meta.get("std") or getattr(cfg, "std", (0.5, 0.5, 0.5))
     device = next(iter(model.parameters())).device
     x = images.to(device).float() / 255.0
-    return (x - torch.tensor(mean, device=device).view(1, -1, 1, 1)) / torch.tensor(std, device=device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    return (x - mean_t) / torch.tensor(std, device=device).view(1, -1, 1, 1)
 
 
 def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: Sequence[str] | None = None,
@@ -126,10 +127,12 @@ def save_rollout_figure(model: nn.Module, images: Tensor, path: str | Path, *, c
     grid, prefix = _grid_and_prefix(model)
     heat = rollout_map([a.cpu() for a in attentions], grid, prefix, head_fusion, discard_ratio)
     probs = logits.float().softmax(-1).cpu()
+    def name(k: int) -> str:
+        return classes[k] if classes and k < len(classes) else str(k)
+
     rows = []
     for i, image in enumerate(images.cpu()):
         pred = int(probs[i].argmax())
-        name = lambda k: classes[k] if classes and k < len(classes) else str(k)
         truth = f" (true {name(int(labels[i]))})" if labels is not None else ""
         rows.append([(plots.image_hwc(image), f"predicted {name(pred)}{truth}"),
                      (plots.overlay(image, heat[i]), "attention rollout")])
@@ -201,9 +204,9 @@ def _cls_attention(ctx: _Context) -> ReportFigure:
         fig = plots.figure_cls_attention(image, maps, layers, f"{ctx.names[i]}: {query} attention per layer and head")
         files.append(plots.save_figure(fig, ctx.out / f"attention_layers_{i + 1}.png").name)
     ctx.summary["attention_layer_files"] = files
-    return ReportFigure(files[0], f"Attention of the {'[CLS] token' if prefix else 'mean patch query'} to each patch in "
-                            f"layers {', '.join(map(str, layers))}, per head and averaged (one file per image: "
-                            f"{', '.join(files)}).")
+    query = "[CLS] token" if prefix else "mean patch query"
+    return ReportFigure(files[0], f"Attention of the {query} to each patch in layers {', '.join(map(str, layers))}, "
+                                  f"per head and averaged (one file per image: {', '.join(files)}).")
 
 
 def _attention_distance(ctx: _Context) -> ReportFigure:
@@ -235,8 +238,9 @@ def _saliency(ctx: _Context) -> ReportFigure:
     ctx.summary["itti_koch_fixations_yx"] = fixations
     fig = plots.figure_rows(ctx.images, rows, "Bottom-up saliency (Itti, Koch & Niebur 1998) beside the model")
     plots.save_figure(fig, ctx.out / "saliency.png")
-    return ReportFigure("saliency.png", "Itti-Koch saliency (intensity, colour and orientation conspicuity) with its first "
-                                  "fixations by winner-take-all and inhibition of return, beside the model's rollout.")
+    return ReportFigure("saliency.png", "Itti-Koch saliency (intensity, colour and orientation conspicuity) with "
+                                        "its first fixations by winner-take-all and inhibition of return, beside "
+                                        "the model's rollout.")
 
 
 def _with_fixations(image: Tensor, fixations: list[tuple[float, float]]) -> np.ndarray:
@@ -290,8 +294,9 @@ def _filters(ctx: _Context) -> ReportFigure:
     fig = plots.figure_filters(components, explained, "Patch-embedding filters: principal components (ViT Fig. 7 "
                                                       "left)")
     plots.save_figure(fig, ctx.out / "patch_embed_filters.png")
-    return ReportFigure("patch_embed_filters.png", f"The first {len(components)} principal components of the linear patch "
-                                             "embedding's filters, each scaled to its own range and shown as RGB.")
+    return ReportFigure("patch_embed_filters.png", f"The first {len(components)} principal components of the "
+                                                   "linear patch embedding's filters, each scaled to its own range "
+                                                   "and shown as RGB.")
 
 
 # --- HTML ----------------------------------------------------------------------------------------------------------

@@ -107,11 +107,12 @@ def gaussian_pyramid(x: Tensor, levels: int = LEVELS) -> list[Tensor]:
 
 
 def centre_surround(centre: Tensor, surround: Tensor) -> Tensor:
-    """|centre (-) surround| of (h, w) or (C, h, w) maps: the coarse surround interpolated to the centre's size, point-by-point difference.
+    """|centre (-) surround| of (h, w) or (C, h, w) maps: the coarse surround interpolated to the centre's size,
+    then a point-by-point difference.
 
     For colour the paper writes RG(c, s) = |(R(c) - G(c)) (-) (G(s) - R(s))|; we take the centre-surround
     difference of the same opponent signal, |RG(c) - RG(s)|, which responds where the colour differs from its
-    surround (a red item among green ones pops out)."""
+    surround (the literal formula would add the centre and surround signals)."""
     up = F.interpolate(surround.reshape(1, -1, *surround.shape[-2:]), size=centre.shape[-2:], mode="bilinear",
                        align_corners=False).view(centre.shape)
     return (centre - up).abs()

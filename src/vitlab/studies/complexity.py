@@ -47,9 +47,10 @@ TINY_SIZES = (16, 32)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default=None, help=f"comma-separated input sizes (default {','.join(map(str, FULL_SIZES))})")
+    p.add_argument("--sizes", default=None,
+                   help=f"comma-separated input sizes (default {','.join(map(str, FULL_SIZES))})")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per point (median)")
+    p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per point (fastest)")
     p.add_argument("--tiny", action="store_true", help=f"sizes {TINY_SIZES}, one repeat: seconds")
 
 

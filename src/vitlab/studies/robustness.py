@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "eval_images": 32, "attack_images": 16, "pgd_steps": 2, "repeats": 1})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = {"ViT": train_or_load(args.vit, args, out / "vit"), "ResNet": train_or_load(args.resnet, args, out / "resnet")}
+    models = {"ViT": train_or_load(args.vit, args, out / "vit"),
+              "ResNet": train_or_load(args.resnet, args, out / "resnet")}
     patch = pixel_patch_size(models["ViT"][0])
     data = build_data(args.data, args.img_size)
     n = min(args.eval_images, len(data.val))
