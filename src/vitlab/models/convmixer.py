@@ -66,6 +66,8 @@ class ConvMixer(nn.Module):
         cfg = ConvMixerConfig(**{**asdict(cfg or ConvMixerConfig()), **kwargs})
         if cfg.act not in ACTIVATIONS:
             raise VitlabError(f"act must be one of {', '.join(ACTIVATIONS)}, got {cfg.act!r}")
+        if cfg.kernel_size % 2 == 0:     # the paper's "same" padding keeps the grid only for odd kernels here
+            raise VitlabError(f"kernel_size must be odd, got {cfg.kernel_size}")
         act = ACTIVATIONS[cfg.act]
         self.cfg = cfg
         self.num_classes = cfg.num_classes
