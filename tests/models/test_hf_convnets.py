@@ -101,3 +101,28 @@ def test_unsupported_setting_is_refused(tmp_path):
     path = _save(transformers.ResNetForImageClassification(cfg), tmp_path)
     with pytest.raises(VitlabError, match="downsample_in_bottleneck"):
         load_model(path)
+
+
+@pytest.mark.parametrize("name,overrides,hf_class", [
+    ("resnet50", dict(layers=(1, 2), widths=(4, 8), stem_width=8), "ResNetForImageClassification"),
+    ("resnet18", dict(layers=(2, 1), widths=(8, 16), stem_width=8), "ResNetForImageClassification"),
+    ("cvt_13_224", dict(dims=(8, 16, 24), num_heads=(1, 2, 3), depths=(1, 2, 3)), "CvtForImageClassification"),
+    ("convnext_tiny", dict(dims=(8, 16), depths=(1, 2)), "ConvNextForImageClassification"),
+])
+def test_export_to_hf_loads_in_transformers(tmp_path, name, overrides, hf_class):
+    from vitlab.convert.export_hf import save_hf
+
+    ours = vitlab.create_model(name, num_classes=4, **overrides)
+    _randomise(ours, seed=3)
+    ours.eval()
+    save_hf(ours, tmp_path)
+    hf = transformers.AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == hf_class
+    _compare(hf, ours, 64)
+
+
+def test_export_refuses_what_transformers_cannot_express(tmp_path):
+    from vitlab.convert.export_hf import save_hf
+
+    with pytest.raises(VitlabError, match="stem='small'"):
+        save_hf(vitlab.create_model("resnet_micro_32", num_classes=3), tmp_path)

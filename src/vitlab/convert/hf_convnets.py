@@ -1,4 +1,5 @@
-"""HF transformers directories of ResNet, CvT and ConvNeXt -> vitlab resnet*, cvt_*, convnext_*.
+"""HF transformers directories of ResNet, CvT and ConvNeXt <-> vitlab resnet*, cvt_*, convnext_* (read, and
+written by `vitlab convert --to hf`).
 
 Names below are the on-disk ones (what save_pretrained writes and the hub holds; transformers 5 keeps them in
 memory too for these three). Settings our models do not have are refused with the setting's name rather than
@@ -9,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import VitlabError
 from . import Checkpoint
-from ._keymap import KeyTable, fuse_qkv, rename
+from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
 from .hf import HFArchitecture, HFConfig, _hf_classes, register_hf_architecture
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -194,6 +195,82 @@ def _checkpoint(name: str, args: dict[str, Any], sd: dict[str, Tensor], config: 
     return Checkpoint(name, args, sd, meta)
 
 
-register_hf_architecture(HFArchitecture("resnet", resnet_from_hf))
-register_hf_architecture(HFArchitecture("cvt", cvt_from_hf))
-register_hf_architecture(HFArchitecture("convnext", convnext_from_hf))
+# --- writing: vitlab -> transformers ----------------------------------------------------------------------------
+def _is(model: nn.Module, cls_name: str) -> bool:
+    return type(model).__name__ == cls_name
+
+
+def resnet_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]:
+    c = model.cfg
+    _refuse_export(model, [(c.stem != "imagenet", f"stem={c.stem!r} (transformers has the 7x7 stem only)")])
+    config = {"model_type": "resnet", "num_channels": c.in_chans, "embedding_size": c.stem_width,
+              "hidden_sizes": [w * c.expansion for w in c.widths], "depths": list(c.layers), "layer_type": c.block,
+              "hidden_act": "relu", "downsample_in_first_stage": False, "downsample_in_bottleneck": False}
+    return _export(model, "resnet", "ResNet", config, HF_RESNET_KEYS, HF_RESNET_HEAD_KEYS, ("fc",))
+
+
+def cvt_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]:
+    c = model.cfg
+    n = len(c.dims)
+    _refuse_export(model, [(not c.cls_token, "no [CLS] token (transformers' CvT classifier needs it)"),
+                           (c.norm_eps != 1e-5, f"norm_eps={c.norm_eps} (transformers: 1e-5)")])
+    config = {"model_type": "cvt", "num_channels": c.in_chans, "patch_sizes": list(c.patch_sizes),
+              "patch_stride": list(c.patch_strides), "patch_padding": list(c.patch_paddings),
+              "embed_dim": list(c.dims), "num_heads": list(c.num_heads), "depth": list(c.depths),
+              "mlp_ratio": [c.mlp_ratio] * n, "attention_drop_rate": [c.attn_drop_rate] * n,
+              "drop_rate": [c.drop_rate] * n, "drop_path_rate": [0.0] * (n - 1) + [c.drop_path_rate],
+              "qkv_bias": [c.qkv_bias] * n, "cls_token": [False] * (n - 1) + [True],
+              "qkv_projection_method": ["dw_bn"] * n, "kernel_qkv": [c.kernel_qkv] * n,
+              "padding_kv": [c.kernel_qkv // 2] * n, "stride_kv": [c.stride_kv] * n,
+              "padding_q": [c.kernel_qkv // 2] * n, "stride_q": [c.stride_q] * n}
+    return _export(model, "cvt", "Cvt", config, HF_CVT_KEYS, HF_CVT_HEAD_KEYS, ("norm", "head"))
+
+
+def convnext_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]:
+    c = model.cfg
+    _refuse_export(model, [(c.kernel_size != 7, f"kernel_size={c.kernel_size}"),
+                           (c.mlp_ratio != 4.0, f"mlp_ratio={c.mlp_ratio}"),
+                           (c.norm_eps != 1e-6, f"norm_eps={c.norm_eps} (transformers: 1e-6)")])
+    img = c.img_size if isinstance(c.img_size, int) else int(c.img_size[0])
+    config = {"model_type": "convnext", "num_channels": c.in_chans, "patch_size": c.patch_size,
+              "num_stages": len(c.dims), "hidden_sizes": list(c.dims), "depths": list(c.depths),
+              "hidden_act": "gelu", "layer_norm_eps": c.head_norm_eps, "layer_scale_init_value": c.layer_scale_init,
+              "drop_path_rate": c.drop_path_rate, "image_size": img}
+    return _export(model, "convnext", "ConvNext", config, HF_CONVNEXT_KEYS, HF_CONVNEXT_HEAD_KEYS, ("head",))
+
+
+def _refuse_export(model: nn.Module, checks: list[tuple[bool, str]]) -> None:
+    bad = [msg for failed, msg in checks if failed]
+    if bad:
+        raise VitlabError(f"{getattr(model, 'vitlab_name', type(model).__name__)}: transformers has no "
+                          f"equivalent of {'; '.join(bad)}")
+
+
+def _export(model: nn.Module, prefix: str, cls: str, config: HFConfig, body_table: KeyTable, head_table: KeyTable,
+            head_modules: tuple[str, ...]) -> tuple[HFConfig, dict[str, Tensor], HFConfig]:
+    """Rename our state dict to transformers' on-disk names and complete the config (labels, architecture)."""
+    c = model.cfg
+    sd = split_qkv(dict(model.state_dict()))
+    heads = {k: sd.pop(k) for k in list(sd) if k.split(".")[0] in head_modules}
+    body, unknown = rename(sd, body_table, reverse=True)
+    head_sd, unknown_heads = rename(heads, head_table, reverse=True)
+    if unknown or unknown_heads:
+        raise VitlabError(f"{getattr(model, 'vitlab_name', 'model')}: no transformers name for "
+                          f"{', '.join(unknown + unknown_heads)}")
+    with_head = c.num_classes > 0
+    weights = ({f"{prefix}.{k}": v for k, v in body.items()} | head_sd) if with_head else body | head_sd
+    classes = getattr(model, "vitlab_meta", {}).get("classes") or [f"LABEL_{i}" for i in range(c.num_classes)]
+    config = {"architectures": [f"{cls}ForImageClassification" if with_head else f"{cls}Model"], **config,
+              "id2label": {str(i): label for i, label in enumerate(classes)},
+              "label2id": {label: i for i, label in enumerate(classes)}}
+    img = c.img_size if isinstance(c.img_size, int) else int(c.img_size[0])
+    preprocessor = {"image_processor_type": "ConvNextImageProcessor", "do_resize": True,
+                    "size": {"shortest_edge": img}, "crop_pct": 224 / 256, "resample": 3, "do_rescale": True,
+                    "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(c.mean),
+                    "image_std": list(c.std)}
+    return config, weights, preprocessor
+
+
+register_hf_architecture(HFArchitecture("resnet", resnet_from_hf, resnet_to_hf, lambda m: _is(m, "ResNet")))
+register_hf_architecture(HFArchitecture("cvt", cvt_from_hf, cvt_to_hf, lambda m: _is(m, "CvT")))
+register_hf_architecture(HFArchitecture("convnext", convnext_from_hf, convnext_to_hf, lambda m: _is(m, "ConvNeXt")))
