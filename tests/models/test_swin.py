@@ -222,9 +222,9 @@ def test_params_and_gflops_match_the_paper(name, params_m, gflops):
 
 def test_micro_swin_trains_on_cpu_and_every_parameter_learns():
     torch.manual_seed(0)
-    model = vitlab.create_model("swin_micro_patch2_window4_32", num_classes=4)
+    model = vitlab.create_model("swin_micro_patch2_window4_32", num_classes=4, **MICRO)
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(8):
         loss = torch.nn.functional.cross_entropy(model(x), y)
