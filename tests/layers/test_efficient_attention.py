@@ -37,10 +37,10 @@ def masked_reference(attn: Attention, x: torch.Tensor, mask: torch.Tensor) -> to
     return _out(attn, explicit_attention(q, k, v, mask)[0])
 
 
-def pattern_mask(N: int, p: int, l: int, strided: bool) -> torch.Tensor:
-    """(N, N) bool: prefix tokens global; patches i, j (0-based after the prefix) share a block or a residue mod l."""
+def pattern_mask(N: int, p: int, size: int, strided: bool) -> torch.Tensor:
+    """(N, N) bool: prefix tokens global; patches i, j (0-based after the prefix) share a block / residue mod size."""
     idx = torch.arange(N) - p
-    group = idx % l if strided else idx // l
+    group = idx % size if strided else idx // size
     mask = group[:, None] == group[None, :]
     mask[:p, :] = True
     mask[:, :p] = True
@@ -80,18 +80,18 @@ def test_strided_heads_with_stride_1_see_everything():
 
 
 @pytest.mark.parametrize("p", [0, 2])
-@pytest.mark.parametrize("l", [3, 11])      # 3: 22 tokens do not divide into blocks -> padded last block
-def test_local_and_strided_equal_their_dense_mask(p, l, fused):
+@pytest.mark.parametrize("size", [3, 11])      # 3: 22 tokens do not divide into blocks -> padded last block
+def test_local_and_strided_equal_their_dense_mask(p, size, fused):
     n = 22
     torch.manual_seed(0)
     x = torch.randn(2, p + n, DIM)
-    local = LocalAttention(DIM, HEADS, window=l, num_prefix_tokens=p).eval()
+    local = LocalAttention(DIM, HEADS, window=size, num_prefix_tokens=p).eval()
     local.fused = fused
-    torch.testing.assert_close(local(x), masked_reference(local, x, pattern_mask(p + n, p, l, False)),
+    torch.testing.assert_close(local(x), masked_reference(local, x, pattern_mask(p + n, p, size, False)),
                                rtol=1e-5, atol=1e-5)
-    strided = StridedAttention(DIM, HEADS, window=l, num_prefix_tokens=p).eval()
+    strided = StridedAttention(DIM, HEADS, window=size, num_prefix_tokens=p).eval()
     strided.fused = fused
-    mask = torch.stack([pattern_mask(p + n, p, l, False)] * 2 + [pattern_mask(p + n, p, l, True)] * 2)
+    mask = torch.stack([pattern_mask(p + n, p, size, False)] * 2 + [pattern_mask(p + n, p, size, True)] * 2)
     torch.testing.assert_close(strided(x), masked_reference(strided, x, mask), rtol=1e-5, atol=1e-5)
 
 

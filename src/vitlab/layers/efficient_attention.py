@@ -93,25 +93,26 @@ class _BlockSparseAttention(Attention):
     def _grouped(self, q: Tensor, k: Tensor, v: Tensor, strided: bool) -> Tensor:
         """q/k/v (B, h, p + n, d) -> (B, h, p + n, d): prefix queries global, patch queries within their group.
 
-        local groups:   tokens i, j share a group iff i // l == j // l   (blocks of l consecutive tokens)
-        strided groups: tokens i, j share a group iff i % l == j % l     (every l-th token)
+        With block length L = self.window (the paper's l):
+        local groups:   tokens i, j share a group iff i // L == j // L   (blocks of L consecutive tokens)
+        strided groups: tokens i, j share a group iff i % L == j % L     (every L-th token)
         """
-        p, l = self.num_prefix_tokens, self.window
+        p, L = self.num_prefix_tokens, self.window
         B, h, N, d = q.shape
         n = N - p
         out_prefix = self.attend(q[:, :, :p], k, v) if p else q[:, :, :0]       # (B, h, p, d), global
-        G = -(-n // l)                                                            # blocks of l (last one padded)
-        pad = G * l - n
+        G = -(-n // L)                                                            # blocks of L (last one padded)
+        pad = G * L - n
 
         def groups(t: Tensor) -> Tensor:
-            t = F.pad(t[:, :, p:], (0, 0, 0, pad)).view(B, h, G, l, d)         # (B, h, G, l, d): row-major blocks
-            return t.transpose(2, 3) if strided else t                          # strided: (B, h, l, G, d)
+            t = F.pad(t[:, :, p:], (0, 0, 0, pad)).view(B, h, G, L, d)         # (B, h, G, L, d): row-major blocks
+            return t.transpose(2, 3) if strided else t                          # strided: (B, h, L, G, d)
 
         qg, kg, vg = groups(q), groups(k), groups(v)                             # (B, h, groups, size, d)
         mask = None
         if pad:                                                                  # padded key slots never attend
-            valid = torch.arange(G * l, device=q.device) < n                     # (G*l,)
-            valid = valid.view(G, l).t() if strided else valid.view(G, l)        # (groups, size)
+            valid = torch.arange(G * L, device=q.device) < n                     # (G*L,)
+            valid = valid.view(G, L).t() if strided else valid.view(G, L)        # (groups, size)
             mask = valid[:, None, :]                                             # (groups, 1, size)
         if p:                                                                    # prefix keys join every group
             num_groups = qg.shape[2]
@@ -120,8 +121,8 @@ class _BlockSparseAttention(Attention):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(num_groups, 1, p)], dim=-1)
         og = self.attend(qg, kg, vg, mask)                                       # (B, h, groups, size, d)
-        og = og.transpose(2, 3) if strided else og                               # (B, h, G, l, d)
-        out = og.reshape(B, h, G * l, d)[:, :, :n]                               # (B, h, n, d)
+        og = og.transpose(2, 3) if strided else og                               # (B, h, G, L, d)
+        out = og.reshape(B, h, G * L, d)[:, :, :n]                               # (B, h, n, d)
         return torch.cat([out_prefix, out], dim=2)
 
 

@@ -137,6 +137,9 @@ def train(model: STNClassifier, images: Tensor, labels: Tensor, val_x: Tensor, v
     rest = [p for n, p in model.named_parameters() if not n.startswith("stn.")]
     groups = [{"params": rest, "lr": lr}] + ([{"params": loc, "lr": lr * 0.1}] if loc else [])
     opt = torch.optim.Adam(groups)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    # cosine decay to zero: the last epochs settle, so the final accuracy is not one noisy step's luck
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(seed + 2)
     curve = []
     for _ in range(epochs):
@@ -150,6 +153,7 @@ def train(model: STNClassifier, images: Tensor, labels: Tensor, val_x: Tensor, v
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
         curve.append(evaluate(model, val_x, val_labels))
     return curve
 
