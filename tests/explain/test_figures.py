@@ -122,3 +122,17 @@ def test_hybrid_filters_are_not_pixels():
         pytest.skip("hybrid ViT is not registered")
     with pytest.raises(VitlabError, match="feature channels"):
         patch_embedding_components(vitlab.create_model("vit_micro_r8_s4_32", num_classes=2))
+
+
+def test_training_report_rollout(vit, tmp_path):
+    from vitlab.data import ImageSet
+    from vitlab.train.report import plot_rollout
+
+    images = (torch.rand(6, 3, 16, 16) * 255).to(torch.uint8)
+    val = ImageSet(list("abcde"), [0, 0, 1, 2, 3, 4], 16, images=images)
+    path = plot_rollout(vit, val, list("abcde"), tmp_path / "rollout.png", count=3)
+    with Image.open(path) as im:
+        assert im.size[0] > 100
+    cnn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))   # no attention: no figure
+    assert plot_rollout(cnn, val, list("abcde"), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
