@@ -53,6 +53,9 @@ def register_hf_architecture(arch: HFArchitecture) -> HFArchitecture:
 
 def hf_architecture_for(model: nn.Module) -> HFArchitecture:
     """The registered architecture that can export `model` to transformers."""
+    from . import _load_format_modules   # families register from their own files (hf_swin, hf_convnets, ...)
+
+    _load_format_modules()
     for arch in HF_ARCHITECTURES.values():
         if arch.write is not None and arch.can_write is not None and arch.can_write(model):
             return arch
