@@ -43,7 +43,7 @@ class ExplainOptions:
 class ReportFigure:
     file: str | None                       # PNG name in the report folder; None when skipped
     caption: str                           # one line; for a skipped figure, why
-    title: str = ""
+    more: list[str] = field(default_factory=list)   # further PNGs shown under the same caption (one per image)
 
 
 @dataclass
@@ -105,7 +105,8 @@ def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: S
                                                     _patch_logits, _position_embedding, _filters)]
     finally:
         model.train(was_training)
-    ctx.summary["figures"] = [{"file": f.file, "caption": f.caption} for f in figures]
+    ctx.summary["figures"] = [{"file": f.file, "caption": f.caption, **({"more": f.more} if f.more else {})}
+                              for f in figures]
     write_json(out / "summary.json", ctx.summary)
     write_html(out / "index.html", title or f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)}",
                figures, ctx.summary["predictions"])
@@ -182,7 +183,7 @@ def _rollout(ctx: _Context) -> ReportFigure:
                      (plots.resize_map(ctx.rollout[i], tuple(image.shape[1:]), smooth=False), "rollout"),
                      (plots.overlay(image, ctx.rollout[i]), "overlay")])
     fig = plots.figure_rows(ctx.images, rows, f"Attention rollout ({o.head_fusion} over heads, discard ratio "
-                                              f"{o.discard_ratio:g})", colorbar={"cmap": "jet", "vmin": 0})
+                                              f"{o.discard_ratio:g})", colorbar={"cmap": "jet"})
     plots.save_figure(fig, ctx.out / "rollout.png")
     query = "[CLS]" if prefix else "mean patch"
     return ReportFigure("rollout.png", f"Attention rollout: the {query} row of the product of per-layer (attention + "
@@ -206,7 +207,7 @@ def _cls_attention(ctx: _Context) -> ReportFigure:
     ctx.summary["attention_layer_files"] = files
     query = "[CLS] token" if prefix else "mean patch query"
     return ReportFigure(files[0], f"Attention of the {query} to each patch in layers {', '.join(map(str, layers))}, "
-                                  f"per head and averaged (one file per image: {', '.join(files)}).")
+                                  "per head and averaged (one figure per image).", more=files[1:])
 
 
 def _attention_distance(ctx: _Context) -> ReportFigure:
@@ -305,8 +306,8 @@ def write_html(path: str | Path, title: str, figures: Sequence[ReportFigure], pr
     e = html.escape
     rows = "".join(f"<tr><td>{e(p['image'])}</td><td>{e(str(p['class']))}</td><td>{p['probability'] * 100:.1f}%"
                    f"</td></tr>" for p in predictions)
-    shown = "".join(f'<figure><img src="{e(f.file)}" alt="{e(f.caption)}"><figcaption>{e(f.caption)}</figcaption>'
-                    f"</figure>\n" for f in figures if f.file)
+    shown = "".join("<figure>" + "".join(f'<img src="{e(name)}" alt="{e(f.caption)}">' for name in [f.file, *f.more])
+                    + f"<figcaption>{e(f.caption)}</figcaption></figure>\n" for f in figures if f.file)
     skipped = "".join(f"<li>{e(f.caption)}</li>" for f in figures if not f.file)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
