@@ -20,6 +20,9 @@ from torch import Tensor
 from ..io import atomic_path
 
 
+DISPLAY_SIDE = 128         # overlays of smaller images are drawn at least this many pixels wide
+
+
 def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -55,6 +58,8 @@ def overlay(image: Tensor, heat: Tensor, alpha: float = 0.55, cmap: str = "jet",
     """The image with a heat map (any (h, w)) blended over it: (H, W, 3) in [0, 1]. The map is scaled to
     `limits` (vmin, vmax), by default its own min and max."""
     base = image_hwc(image)
+    k = -(-DISPLAY_SIDE // max(base.shape[:2]))        # small images: enlarge (nearest) so the map can be smooth
+    base = base.repeat(k, axis=0).repeat(k, axis=1)
     h = resize_map(heat, base.shape[:2])
     lo, hi = limits if limits is not None else (float(h.min()), float(h.max()))
     h = np.clip((h - lo) / max(hi - lo, 1e-12), 0, 1)
