@@ -28,10 +28,7 @@ def make_vit():
     return tiny_vit
 
 
+
 @pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription stalls
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
     yield
-    torch.set_num_threads(threads)

@@ -8,13 +8,6 @@ from vitlab.studies import available_studies
 from vitlab.studies.attention_distance import judge, run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_tiny_study_trains_and_measures(tmp_path):
     assert "attention-distance" in available_studies()

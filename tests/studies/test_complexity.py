@@ -2,19 +2,10 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from vitlab.studies import available_studies
 from vitlab.studies.complexity import fit_slopes, judge, memory_mb, run, with_explicit_attention
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription stalls
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_study(tmp_path):

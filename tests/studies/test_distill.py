@@ -7,19 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from vitlab.studies import available_studies
 from vitlab.studies.distill import run
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _stripes(root, per_class=24):

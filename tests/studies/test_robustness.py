@@ -1,7 +1,6 @@
 import argparse
 import json
 
-import pytest
 import torch
 
 from vitlab import create_model
@@ -10,13 +9,6 @@ from vitlab.io import write_json
 from vitlab.studies import available_studies
 from vitlab.studies.robustness import drop_patches, fgsm, pgd, run, shuffle_patches
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_drop_patches_blacks_out_the_fraction():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import VitlabError
-from ..layers import Attention, drop_path_rates
+from ..layers import Attention, drop_path_rates, init_transformer_
 from ..registry import register_model
 from .resnet import IMAGENET_MEAN, IMAGENET_STD
 from .vit import Block
@@ -179,11 +179,7 @@ class CvT(nn.Module):
 
     def init_weights(self) -> None:
         """Truncated-normal(0.02) linear weights (the official init), zero biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_transformer_(self)
         for stage in self.stages:
             if stage.cls_token is not None:
                 nn.init.trunc_normal_(stage.cls_token, std=0.02)

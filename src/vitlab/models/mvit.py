@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import VitlabError
-from ..layers import Attention, DropPath, Mlp, drop_path_rates, resample_pos_embed
+from ..layers import Attention, DropPath, Mlp, drop_path_rates, init_transformer_, resample_pos_embed
 from ..registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -191,14 +191,7 @@ class MViT(nn.Module):
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_transformer_(self)
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VitlabError
-from ..layers import Attention, PatchEmbed, drop_path_rates
+from ..layers import Attention, PatchEmbed, drop_path_rates, init_transformer_
 from ..registry import register_model
 from .vit import Block
 
@@ -224,7 +224,7 @@ class SwinTransformer(nn.Module):
         self.norm = nn.LayerNorm(self.num_features, eps=cfg.norm_eps)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        init_transformer_(self)
 
     @property
     def feature_grid(self) -> tuple[int, int]:
@@ -260,15 +260,6 @@ class SwinTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def resize_relative_position_table(table: Tensor, new_len: int, mode: str = "bicubic",
