@@ -2,9 +2,11 @@
 
     vitlab bench attention --tokens 256,1024,4096,16384 [--types full,linformer] [--out DIR]
 
-TARGET is a dispatch key: `attention` runs the attention scaling benchmark (vitlab.bench.attention). Other targets
-(model names, for throughput benchmarks) are meant to be added to `TARGETS`/`run` below by the throughput work,
-sharing this one command.
+    vitlab bench vit_tiny_patch16_224 --mode train,infer --precision fp32,bf16 --compare hf [--compile] [--json F]
+
+TARGET is a dispatch key: `attention` runs the attention scaling benchmark (vitlab.bench.attention); a registered
+model name runs the throughput benchmark (vitlab.bench.throughput): images/s, latency, MFU, memory, and with
+--compare the same architecture from HF transformers / timm timed interleaved in the same process.
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: attention scaling (time, peak memory) per attention type",
+    p = sub.add_parser("bench", help="benchmarks: attention scaling per attention type; model throughput vs HF/timm",
                        description="Benchmarks. TARGET 'attention': time and peak memory of one forward + backward "
-                                   "of each attention type as the token count grows (table, plot, JSON).")
-    p.add_argument("target", help="what to benchmark: 'attention'")
+                                   "of each attention type as the token count grows (table, plot, JSON). "
+                                   "TARGET a model name: images/s, latency, MFU and memory of training steps or "
+                                   "inference, with --compare hf/timm timed interleaved in the same process.")
+    p.add_argument("target", help="what to benchmark: 'attention' or a model name")
     a = p.add_argument_group("attention")
     a.add_argument("--tokens", type=_int_list, default=[256, 1024, 4096, 16384],
                    help="comma-separated token counts (default 256,1024,4096,16384)")
@@ -42,6 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--linformer-k", type=int, default=64, help="Linformer's k (default 64)")
     a.add_argument("--sr-ratio", type=int, default=2, help="kv_pool reduction r (default 2)")
     a.add_argument("--window", type=int, default=0, help="local/strided block length (default sqrt(n))")
+    m = p.add_argument_group("model throughput (TARGET = a model name, e.g. vit_tiny_patch16_224)")
+    m.add_argument("--mode", default="infer", help="train, infer or train,infer (default infer)")
+    m.add_argument("--precision", default="fp32", help="fp32, bf16 or fp32,bf16 (default fp32)")
+    m.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    m.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    m.add_argument("--num-classes", type=int, default=100, help="classifier outputs (default 100)")
+    m.add_argument("--compare", default="", help="reference implementations run in the same process, "
+                                                 "interleaved: hf, timm or hf,timm")
+    m.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    m.add_argument("--channels-last", action="store_true", help="NHWC input and weights")
+    m.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation (default 2)")
+    m.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no MFU)")
+    m.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default: torch's choice; 1 gives steadier timings on a busy machine)")
@@ -55,7 +72,35 @@ TARGETS = ("attention",)
 def run(args: argparse.Namespace) -> dict:
     if args.target == "attention":
         return run_attention(args)
-    raise VitlabError(f"unknown bench target {args.target!r} (available: {', '.join(TARGETS)})")
+    from ..registry import list_models
+
+    if args.target in list_models():
+        return run_throughput(args)
+    raise VitlabError(f"unknown bench target {args.target!r} (available: {', '.join(TARGETS)} or a model name)")
+
+
+def run_throughput(args: argparse.Namespace) -> dict:
+    """Throughput of a model, ours and the --compare references, for each mode x precision asked."""
+    from ..bench.throughput import BenchConfig, format_table, run_bench
+    from ..io import write_json
+
+    def items(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    results = []
+    for mode in items(args.mode):
+        for precision in items(args.precision):
+            cfg = BenchConfig(args.target, mode=mode, precision=precision, batch_size=args.batch_size,
+                              img_size=args.img_size, num_classes=args.num_classes, device=args.device,
+                              compare=tuple(items(args.compare)), compile=args.compile,
+                              channels_last=args.channels_last, warmup=args.warmup, repeats=args.repeats,
+                              threads=args.threads or None, peak=not args.no_peak)
+            results.append(run_bench(cfg))
+    print(format_table(results))
+    if args.json:
+        write_json(args.json, {"results": results})
+        print(f"wrote {args.json}")
+    return {"results": results}
 
 
 def run_attention(args: argparse.Namespace) -> dict:

@@ -15,6 +15,9 @@ _HELP = {
     "checkpoint": "initial weights: a run directory or a foreign checkpoint (fine-tuning)",
     "teacher": "distillation teacher: a run directory or checkpoint", "distill": "hard or soft distillation",
     "precision": "fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU)", "ema": "EMA decay, e.g. 0.999 (0 = off)",
+    "fsdp": "under torchrun: shard every block with FSDP2 (ViT-L/H) instead of DDP replicas",
+    "grad_checkpointing": "recompute block activations in backward (less memory, ~1/3 more compute)",
+    "compile": "torch.compile the model", "channels_last": "NHWC images and conv weights (conv-heavy models)",
 }
 
 
@@ -26,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        if f.type == "bool":   # on/off switches: --compile / --no-compile
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=_HELP.get(f.name, "") + f" (default {'on' if default else 'off'})")
+            continue
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].replace("'", ""), None)
         if kind is None:   # Optional types: take the type of the non-None part
             kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
@@ -44,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_RESUME_OPTIONS = {"epochs", "stop_at", "device", "workers", "precision"}
+_RESUME_OPTIONS = {"epochs", "stop_at", "device", "workers", "precision", "compile", "channels_last",
+                   "grad_checkpointing"}
 
 
 def _parse_value(text: str) -> object:
@@ -86,11 +94,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..train.distributed import cleanup, env_info
     from ..train.run import run_training
 
     cfg = config_from_args(args)
     progress = functools.partial(tqdm, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
     m = run_training(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=progress)
+    cleanup()                    # under torchrun: leave the process group together
+    if not env_info().is_main:   # rank 0 reports
+        return 0
     ref = f"  (reference: scikit-learn SVC(gamma=0.001) {m['reference_svc_top1']:.2f}%)" \
         if "reference_svc_top1" in m else ""
     print(f"{m['model']} on {m['data']}: val top-1 {m['val_top1']:.2f}%  top-5 {m['val_top5']:.2f}%{ref}")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 from torch import Tensor
 
@@ -107,6 +108,7 @@ class VisionTransformer(nn.Module):
         head_dim = cfg.representation_size or cfg.dim
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(head_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False         # True: recompute block activations in backward (saves memory)
         self.init_weights()
 
     # --- pieces relatives override -------------------------------------------------------------------------
@@ -187,7 +189,15 @@ class VisionTransformer(nn.Module):
         return self.pos_drop(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.embed(x)))
+        x = self.embed(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # activation checkpointing: keep only block inputs, recompute each block in backward (the RNG state
+            # is replayed, so dropout / drop-path masks are the same and the gradients equal the plain path's)
+            for block in self.blocks:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
 
     def pool(self, x: Tensor) -> Tensor:
         """tokens (B, prefix + N, dim) -> (B, dim)."""

@@ -25,6 +25,8 @@ from ..data.augment import AugmentConfig, BatchAugment, Normalize
 from ..errors import VitlabError
 from ..io import write_json, write_text
 from ..registry import create_model
+from .distributed import DistInfo, barrier, full_optimizer_state, full_state_dict, init_distributed, per_rank_batch, \
+    process_device, unwrap, wrap_model
 from .ema import ModelEMA
 from .objectives import ClassificationObjective, DistillationObjective
 from .optim import build_optimizer, warmup_cosine
@@ -72,6 +74,10 @@ class TrainConfig:
     distill: str = "hard"               # hard | soft
     distill_tau: float | None = None    # soft distillation temperature (default 3, as DeiT)
     distill_alpha: float | None = None  # weight of the distillation loss (default 0.5 hard, 0.1 soft)
+    fsdp: bool = False                  # under torchrun: shard each block with FSDP2 instead of DDP replicas
+    grad_checkpointing: bool = False    # recompute block activations in backward: less memory, ~1/3 more compute
+    compile: bool = False               # torch.compile the model (measured in README "Performance")
+    channels_last: bool = False         # NHWC images and conv weights (pays off where convolutions dominate)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -166,6 +172,21 @@ def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> torch.nn
     return _create(cfg.model, {**args, "num_classes": num_classes})
 
 
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig, dist_info: DistInfo) -> torch.nn.Module:
+    """Apply the speed/memory options that do not change the numerics: channels-last, activation checkpointing."""
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        if not hasattr(model, "grad_checkpointing"):
+            raise VitlabError(f"{cfg.model}: --grad-checkpointing is not supported by {type(model).__name__}")
+        model.grad_checkpointing = True
+    if cfg.fsdp and cfg.ema:
+        raise VitlabError("--ema with --fsdp is not supported (the EMA would need the full weights on every rank)")
+    if cfg.fsdp and not dist_info.enabled:
+        raise VitlabError("--fsdp needs several processes: start with torchrun --nproc_per_node=N -m vitlab train")
+    return model
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Train and evaluate; returns the final metrics (also written to metrics.json in the run directory)."""
@@ -175,11 +196,19 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    dist_info = init_distributed(device)          # a single process unless started by torchrun
+    device = process_device(device, dist_info)
+    if not dist_info.is_main:                     # rank 0 speaks for the job
+        logging.getLogger("vitlab").setLevel(logging.WARNING)
+        progress = None
+    local_batch = per_rank_batch(cfg.batch_size, dist_info)
 
     image_size = _model_image_size(cfg)
     data = build_data(cfg.data, image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
     num_classes = len(data.classes)
-    model = build_model(cfg, num_classes, image_size).to(device)
+    model = prepare_model(build_model(cfg, num_classes, image_size).to(device), cfg, dist_info)
+    if dist_info.rank:   # the same initial weights everywhere, then each rank its own augmentation/drop-path draws
+        torch.manual_seed(cfg.seed + dist_info.rank)
     mean, std = tuple(model.cfg.mean), tuple(model.cfg.std)
 
     hflip = cfg.hflip if cfg.hflip is not None else data.name not in ("digits", "mnist")
@@ -189,21 +218,30 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     normalize = Normalize(mean, std).to(device)
 
     objective = build_objective(cfg, model, device, (mean, std))
-    steps_per_epoch = -(-num_batches(data.train, cfg.batch_size, drop_last=True) // cfg.grad_accum)
+    train_batches = num_batches(data.train, local_batch, drop_last=True, world_size=dist_info.world_size)
+    steps_per_epoch = -(-train_batches // cfg.grad_accum)
     if steps_per_epoch == 0:
         raise VitlabError(f"{cfg.data}: {len(data.train)} training images is fewer than one batch "
                           f"of {cfg.batch_size}; lower --batch-size")
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    net = wrap_model(model, dist_info, device, fsdp=cfg.fsdp)   # DDP wrapper, or model itself (sharded in place)
+    if cfg.compile:
+        net.compile()
+    # fused AdamW: one kernel per step, and on CUDA it lets the trainer skip a non-finite step without a host sync
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch,
                               cfg.min_lr_ratio)
-    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
-    trainer = Trainer(model, objective, optimizer, scheduler, batch_transform=augment, device=device,
-                      precision=precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum)
+    trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=device,
+                      precision=precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
+                      memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
 
     run_config = model_config(model, data.classes, image_size=image_size, data=data.name, train=asdict(cfg))
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume:
+        if cfg.fsdp:
+            raise VitlabError("--resume of an --fsdp run is not supported yet (the sharded optimizer state "
+                              "would have to be scattered back)")
         start_epoch, history = restore(out, trainer)
     params = sum(p.numel() for p in model.parameters())
     log.info("%s: %.2fM parameters, %d classes, %d train / %d val images at %dpx, %s %s",
@@ -212,18 +250,20 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     last_epoch = min(cfg.stop_at or cfg.epochs, cfg.epochs)
     result: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, last_epoch + 1):
-        loader = batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last=True,
-                         num_workers=cfg.workers)
-        stats = trainer.train_epoch(loader, epoch, total=num_batches(data.train, cfg.batch_size, True), progress=progress)
-        eval_model = ema.module if ema is not None else model
+        loader = batches(data.train, local_batch, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last=True,
+                         num_workers=cfg.workers, rank=dist_info.rank, world_size=dist_info.world_size)
+        stats = trainer.train_epoch(loader, epoch, total=train_batches, progress=progress)
+        stats["images_per_s"] *= dist_info.world_size       # every rank ran as many images in the same time
+        eval_model = ema.module if ema is not None else net if cfg.fsdp else model
         result = evaluate(eval_model, batches(data.val, 256, shuffle=False, num_workers=cfg.workers), normalize,
                           num_classes, device, precision)
         history.append({"epoch": epoch, "step": trainer.step, **stats,
                         **{k: result[k] for k in ("val_loss", "val_top1", "val_top5")}})
         log.info("epoch %d/%d  loss %.4f  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s", epoch, cfg.epochs,
                  stats["train_loss"], result["val_top1"], result["val_top5"], stats["images_per_s"])
-        save_checkpoint(out, trainer, eval_model, run_config, epoch, history)
-        write_text(out / "metrics.csv", _csv(history))
+        save_checkpoint(out, trainer, eval_model, run_config, epoch, history, main=dist_info.is_main)
+        if dist_info.is_main:
+            write_text(out / "metrics.csv", _csv(history))
 
     if not history:
         raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs})")
@@ -243,9 +283,15 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         from ..data import digits_svc_reference
 
         metrics["reference_svc_top1"] = digits_svc_reference()
+    if not dist_info.is_main:
+        return metrics
     write_json(out / "metrics.json", metrics)
     plot_curves(history, out / "curves.png")
     plot_confusion(result["confusion"], data.classes, out / "confusion.png")
+    if cfg.fsdp:   # the sharded model runs only with every rank; rank 0 reads back the full saved weights
+        from ..checkpoint import load_model
+
+        model = load_model(out).to(device)
     plot_rollout(ema.module if ema is not None else model, data.val, data.classes, out / "rollout.png")  # explain
     return metrics
 
@@ -266,19 +312,26 @@ def build_objective(cfg: TrainConfig, model: torch.nn.Module, device: torch.devi
 
 
 def save_checkpoint(out: Path, trainer: Trainer, eval_model: torch.nn.Module, run_config: dict[str, Any],
-                    epoch: int, history: list[dict[str, Any]]) -> None:
+                    epoch: int, history: list[dict[str, Any]], main: bool = True) -> None:
     """Write train_state.pt, then model.safetensors, then config.json, each atomically; both weights files
-    carry the step so a resume can check they belong together."""
-    state = {"epoch": epoch, "step": trainer.step, "optimizer": trainer.optimizer.state_dict(),
+    carry the step so a resume can check they belong together. Under torchrun every rank calls this (FSDP
+    gathers the shards collectively) and rank 0 (`main`) writes."""
+    optimizer_state = full_optimizer_state(trainer.model, trainer.optimizer)
+    weights = full_state_dict(eval_model) if trainer.ema is None else trainer.ema.state_dict()
+    if not main:
+        barrier()
+        return
+    state = {"epoch": epoch, "step": trainer.step, "optimizer": optimizer_state,
              "scheduler": trainer.scheduler.state_dict(), "rng": rng_state(), "history": history}
     if trainer.ema is not None:
-        state["model"] = trainer.model.state_dict()     # raw weights; model.safetensors holds the EMA
+        state["model"] = unwrap(trainer.model).state_dict()     # raw weights; model.safetensors holds the EMA
     save_state(out / STATE_NAME, state)
-    save_weights(eval_model.state_dict(), out / WEIGHTS_NAME,
+    save_weights(weights, out / WEIGHTS_NAME,
                  metadata={"epoch": str(epoch), "step": str(trainer.step)})
     from ..io import write_json as _write
 
     _write(out / CONFIG_NAME, run_config)
+    barrier()                                            # the other ranks wait until the files are complete
 
 
 def restore(out: Path, trainer: Trainer) -> tuple[int, list[dict[str, Any]]]:
@@ -292,11 +345,12 @@ def restore(out: Path, trainer: Trainer) -> tuple[int, list[dict[str, Any]]]:
         raise VitlabError(f"{out}: model.safetensors (step {step}) and {STATE_NAME} (step {state['step']}) "
                           "are from different steps (interrupted while saving?); cannot resume exactly")
     weights = read_weights(out / WEIGHTS_NAME)
+    model = unwrap(trainer.model)
     if trainer.ema is not None:
         trainer.ema.load_state_dict(weights)
-        trainer.model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
     else:
-        load_weights(trainer.model, weights)
+        load_weights(model, weights)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.step = state["step"]

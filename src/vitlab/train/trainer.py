@@ -34,13 +34,22 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Callable[..., tuple[Tensor, dict[str, Tensor]]],
                  optimizer: torch.optim.Optimizer, scheduler: Any, *, batch_transform: nn.Module,
                  device: torch.device, precision: str = "fp32", clip_grad: float = 0.0,
-                 ema: ModelEMA | None = None, grad_accum: int = 1) -> None:
+                 ema: ModelEMA | None = None, grad_accum: int = 1,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.model, self.objective = model, objective
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batch_transform = batch_transform
         self.device, self.precision = device, precision
         self.clip_grad, self.ema, self.grad_accum = clip_grad, ema, grad_accum
+        self.memory_format = memory_format    # channels_last: NHWC batches for conv-heavy models
         self.step = 0            # optimizer steps done
+        # On CUDA the non-finite check must not wait for the GPU every step. With a fused optimizer the flag
+        # stays on the device: the optimizer skips its update there once it is set (the GradScaler mechanism),
+        # and the host reads it every `check_every` batches and at the end of the epoch.
+        self.deferred_check = device.type == "cuda" and getattr(optimizer, "_step_supports_amp_scaling", False)
+        self.check_every = 50
+        self._bad_step: Tensor | None = None  # deferred check: first step whose loss was non-finite, -1 = none
+        self._since_check = 0                  # batches since the host last read the deferred flag
 
     def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]], epoch: int, total: int | None = None,
                     progress: Progress | None = None) -> dict[str, float]:
@@ -54,12 +63,15 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             with torch.no_grad():
                 x, targets = self.batch_transform(images, labels)
+                x = x.contiguous(memory_format=self.memory_format)
             with autocast(self.device, self.precision):
                 loss, parts = self.objective(self.model, x, targets)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step + 1} (epoch {epoch}); "
-                                    "stopped before the optimizer step, the last checkpoint is intact")
-            (loss / self.grad_accum).backward()
+            self.check_finite(loss, epoch, force=False)
+            # DDP with accumulation: all-reduce the gradients once per optimizer step, not per batch
+            skip_sync = hasattr(self.model, "no_sync") and (micro + 1) % self.grad_accum != 0 \
+                and total is not None and micro + 1 < total
+            with self.model.no_sync() if skip_sync else contextlib.nullcontext():
+                (loss / self.grad_accum).backward()
             micro += 1
             loss_sum += loss.detach() * images.shape[0]
             seen += images.shape[0]
@@ -70,9 +82,41 @@ class Trainer:
                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if micro % self.grad_accum:
             self.optimizer_step()
+        self.check_finite(None, epoch, force=True)
         elapsed = time.perf_counter() - t0
-        return {"train_loss": (loss_sum / max(seen, 1)).item(), "images_per_s": seen / max(elapsed, 1e-9),
+        from .distributed import sum_over_ranks
+
+        mean_loss = sum_over_ranks(loss_sum) / max(sum_over_ranks(seen), 1)   # the job's mean, not one rank's
+        return {"train_loss": float(mean_loss), "images_per_s": seen / max(elapsed, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}
+
+    def check_finite(self, loss: Tensor | None, epoch: int, force: bool) -> None:
+        """Raise NonFiniteLoss, on every rank at once, if the loss became NaN/inf: before the optimizer step
+        (CPU; CUDA without a fused optimizer), or on CUDA with one, at the next host read of the device flag,
+        all updates from the bad step on having been skipped on the device."""
+        from .distributed import any_rank
+
+        if loss is not None:
+            bad = any_rank(~torch.isfinite(loss.detach()))     # the same verdict on every rank
+            if not self.deferred_check:
+                if bad.item():
+                    where = f"({loss.item()})" if not torch.isfinite(loss) else "(on another rank)"
+                    raise NonFiniteLoss(f"non-finite loss {where} at step {self.step + 1} (epoch {epoch}); "
+                                        "stopped before the optimizer step, the last checkpoint is intact")
+                return
+            if self._bad_step is None:
+                self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+            first = (self._bad_step < 0) & bad
+            self._bad_step = torch.where(first, torch.full_like(self._bad_step, self.step + 1), self._bad_step)
+            self.optimizer.found_inf = (self._bad_step >= 0).float()   # fused kernels skip their update when set
+            self._since_check += 1
+        if self._bad_step is None or not (force or self._since_check >= self.check_every):
+            return
+        self._since_check = 0
+        step = int(self._bad_step.item())                               # the one host read
+        if step >= 0:
+            raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}); that step and the ones after it "
+                                "were skipped on the device, the weights and the last checkpoint are intact")
 
     def optimizer_step(self) -> None:
         if self.clip_grad > 0:

@@ -1,0 +1,289 @@
+"""Throughput (images/s), latency and MFU of a training step or an inference pass, side by side with reference
+implementations of the same architecture (HF transformers, timm) built in the same process.
+
+The implementations are timed *interleaved* (ours, hf, ours, hf, ...): a shared or throttled machine then slows
+every one of them alike, so the ratios hold even when the absolute figures drift. Every implementation gets the
+same input, batch, precision, optimizer, loss and compile setting; only the model code differs.
+
+    result = run_bench(BenchConfig("vit_tiny_patch16_224", mode="train", precision="bf16", compare=("hf",)))
+    print(format_table([result]))
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import VitlabError
+from .peak import matmul_peak, mfu, synchronize
+
+log = logging.getLogger(__name__)
+
+REFERENCES = ("hf", "timm")
+
+
+@dataclass
+class BenchConfig:
+    model: str = "vit_tiny_patch16_224"   # registered model name
+    mode: str = "infer"                     # "train" (forward + backward + AdamW step) or "infer" (forward)
+    precision: str = "fp32"                 # fp32 | bf16 (autocast, CPU included)
+    batch_size: int = 32
+    img_size: int | None = None             # None: the model's own
+    num_classes: int = 100
+    device: str = "cpu"
+    compare: tuple[str, ...] = ()           # reference implementations: "hf", "timm"
+    compile: bool = False                   # torch.compile every implementation (same setting for all)
+    channels_last: bool = False             # NHWC input and weights (pays off where convolutions dominate)
+    warmup: int = 2                         # untimed steps per implementation (compilation happens here)
+    repeats: int = 5                        # timed steps per implementation; the median is reported
+    threads: int | None = None              # torch.set_num_threads on a CPU (None: leave as is)
+    fused_optimizer: bool | None = None     # AdamW fused=True; None: vitlab's default (fused on CUDA)
+    peak: bool = True                       # measure the matmul peak of this precision, report MFU
+    seed: int = 0
+
+
+@dataclass
+class Timing:
+    name: str                               # "ours", "hf", "timm"
+    seconds: list[float] = field(default_factory=list)   # per timed step (one batch)
+    images_per_s: float = 0.0               # batch / median step time
+    latency_ms: float = 0.0                 # median step time
+    mfu: float | None = None                # model FLOPs utilisation against the measured matmul peak
+    memory_mb: float | None = None          # peak memory of one eager step beyond what was live before
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Measure `cfg.model` and each reference of `cfg.compare`. Returns a JSON-ready dict:
+    config, macs_per_image, peak_flops, timings {name: Timing as dict}, ratios {ref: ours speed / ref speed}."""
+    _check(cfg)
+    if cfg.threads and torch.device(cfg.device).type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ours = build_ours(cfg).to(device)
+    models = {"ours": ours}
+    for ref in cfg.compare:
+        models[ref] = build_reference(ref, ours).to(device)
+    size = ours.patch_embed.img_size if hasattr(ours, "patch_embed") else (cfg.img_size or 224,) * 2
+    x = torch.randn(cfg.batch_size, 3, *size, device=device)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for m in models.values():
+            m.to(memory_format=torch.channels_last)
+    steps = {name: make_step(m, cfg, x, y) for name, m in models.items()}
+    seconds = time_interleaved(steps, cfg.warmup, cfg.repeats, device)
+
+    from .flops import count_macs
+
+    macs = count_macs(_on_meta(cfg), (1, 3, *size))
+    peak = matmul_peak(cfg.precision, device) if cfg.peak else None
+    timings = {}
+    for name, secs in seconds.items():
+        med = statistics.median(secs)
+        t = Timing(name, secs, cfg.batch_size / med, 1e3 * med)
+        if peak:
+            t.mfu = mfu(t.images_per_s, macs, peak, cfg.mode == "train")
+        timings[name] = t
+    for name, m in models.items():
+        timings[name].memory_mb = measure_memory(m, cfg, x, y)
+    ratios = {ref: timings["ours"].images_per_s / timings[ref].images_per_s for ref in cfg.compare}
+    return {"config": asdict(cfg), "device_name": device_name(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "macs_per_image": macs, "peak_flops": peak,
+            "timings": {k: asdict(v) for k, v in timings.items()}, "ratios": ratios}
+
+
+def _check(cfg: BenchConfig) -> None:
+    if cfg.mode not in ("train", "infer"):
+        raise VitlabError(f"mode must be train or infer, got {cfg.mode!r}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise VitlabError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    unknown = [r for r in cfg.compare if r not in REFERENCES]
+    if unknown:
+        raise VitlabError(f"--compare takes {' or '.join(REFERENCES)}, got {', '.join(unknown)}")
+    if cfg.batch_size < 1 or cfg.repeats < 1 or cfg.warmup < 0:
+        raise VitlabError("batch size and repeats must be at least 1, warm-up at least 0")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VitlabError("--device cuda: no CUDA device is available")
+
+
+# --- the implementations -------------------------------------------------------------------------------------------
+def build_ours(cfg: BenchConfig) -> nn.Module:
+    from ..registry import create_model
+
+    try:
+        return create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size)
+    except KeyError as e:
+        raise VitlabError(str(e).strip("'\"")) from None
+
+
+def _on_meta(cfg: BenchConfig) -> nn.Module:
+    with torch.device("meta"):
+        return build_ours(cfg)
+
+
+def build_reference(kind: str, ours: nn.Module) -> nn.Module:
+    """The same architecture from another library, as a module x -> logits. HF gets our weights (so its logits
+    equal ours: a check that the two really are the same model); timm is built by name with its own random init."""
+    if kind == "hf":
+        return hf_reference(ours)
+    if kind == "timm":
+        return timm_reference(ours)
+    raise VitlabError(f"unknown reference {kind!r}")
+
+
+class LogitsOnly(nn.Module):
+    """Wraps a transformers model so that it maps pixel values to the logits tensor, like ours."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def hf_reference(ours: nn.Module) -> nn.Module:
+    """transformers' ViTForImageClassification (or DeiT) with our config and weights, SDPA attention.
+
+    Written with vitlab's HF exporter and read back with from_pretrained, so transformers applies its own
+    checkpoint-name conversions exactly as for a downloaded model."""
+    import tempfile
+
+    try:
+        import transformers
+    except ImportError:
+        raise VitlabError("--compare hf needs the transformers package (pip install transformers)") from None
+    from ..convert.export_hf import save_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf(ours, tmp)
+        model = transformers.AutoModelForImageClassification.from_pretrained(tmp, attn_implementation="sdpa")
+    return LogitsOnly(model.float())
+
+
+def timm_reference(ours: nn.Module) -> nn.Module:
+    """timm's model of the same name, size and class count (random weights: speed does not depend on them)."""
+    try:
+        import timm
+    except ImportError:
+        raise VitlabError("--compare timm needs the timm package (pip install timm)") from None
+    name = getattr(ours, "vitlab_name", None)
+    kwargs: dict[str, Any] = {"num_classes": ours.num_classes}
+    size = getattr(getattr(ours, "cfg", None), "img_size", None)
+    if size is not None:
+        kwargs["img_size"] = size
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as e:   # timm raises RuntimeError for unknown names
+        raise VitlabError(f"timm has no model {name!r} ({e})") from None
+
+
+# --- one step ----------------------------------------------------------------------------------------------------
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    from ..train.trainer import autocast as train_autocast
+
+    return train_autocast(device, precision)
+
+
+def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step (autocast forward, cross-entropy, backward, AdamW, zero_grad) or one inference forward.
+
+    The same function for every implementation, so they differ only in model code."""
+    device = x.device
+    fn = torch.compile(model) if cfg.compile else model
+    if cfg.mode == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast(device, cfg.precision):
+                fn(x)
+
+        return infer
+    from ..train.optim import build_optimizer
+
+    model.train()
+    fused = cfg.fused_optimizer if cfg.fused_optimizer is not None else device.type == "cuda"
+    optimizer = build_optimizer(model, 1e-4, 0.05, fused=fused)
+
+    def train() -> None:
+        with autocast(device, cfg.precision):
+            loss = F.cross_entropy(fn(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats: int,
+                     device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Seconds per call of each step, measured round-robin: warm-up calls first, then `repeats` rounds that each
+    time every step once. Garbage is collected between calls so that one implementation's frees are not charged
+    to the next."""
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
+        log.debug("warmed up %s", name)
+    synchronize(device)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            gc.collect()
+            synchronize(device)
+            t0 = time.perf_counter()
+            step()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - t0)
+    return seconds
+
+
+def measure_memory(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Peak memory one step allocates beyond what was live before it (MB): activations, gradients, optimizer
+    state on the first step; CUDA from the allocator's statistics, a CPU from the profiler's allocation events."""
+    from .attention import peak_memory_bytes
+
+    model.zero_grad(set_to_none=True)
+    step = make_step(model, replace(cfg, compile=False), x, y)   # eager: compiled code was measured for speed
+    return peak_memory_bytes(step, x.device) / 2 ** 20
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return name
+
+
+# --- reporting ---------------------------------------------------------------------------------------------------
+def format_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: one row per (model, mode, precision, implementation) with images/s, latency, MFU, memory and
+    the speed of ours relative to that row's implementation."""
+    rows = ["| model | mode | precision | batch | impl | images/s | ms/batch | MFU | memory (MB) | ours / impl |",
+            "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        c = r["config"]
+        tag = c["precision"] + (" compiled" if c["compile"] else "") + (" NHWC" if c["channels_last"] else "")
+        for name, t in r["timings"].items():
+            ratio = f"{r['ratios'][name]:.2f}x" if name in r["ratios"] else ""
+            util = f"{100 * t['mfu']:.0f}%" if t["mfu"] is not None else ""
+            mem = f"{t['memory_mb']:.0f}" if t["memory_mb"] is not None else ""
+            rows.append(f"| {c['model']} | {c['mode']} | {tag} | {c['batch_size']} | {name} | "
+                        f"{t['images_per_s']:.1f} | {t['latency_ms']:.0f} | {util} | {mem} | {ratio} |")
+    return "\n".join(rows)
