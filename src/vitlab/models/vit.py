@@ -18,7 +18,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import VitlabError
-from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, resample_pos_embed, sincos_2d
+from ..layers import (Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, init_transformer_, resample_pos_embed,
+                      sincos_2d)
 from ..layers.efficient_attention import make_attention
 from ..registry import register_model
 
@@ -151,14 +152,7 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_transformer_(self)
         # The patch projection is a linear map on flattened patches: initialise it like one (fan-in = C*p*p).
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=math.sqrt(1.0 / w[0].numel()))
