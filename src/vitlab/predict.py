@@ -22,10 +22,20 @@ class Predictor:
     normalize: Normalize
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> "Predictor":
-        """From a run directory or any checkpoint vitlab reads; a registered model name gives fresh weights."""
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", runtime: str = "torch") -> "Predictor":
+        """From a run directory or any checkpoint vitlab reads; a registered model name gives fresh weights.
+        runtime="onnx": the .onnx file (or RUN_DIR/model.onnx) `vitlab export --onnx` wrote, in ONNX Runtime."""
         from .checkpoint import load_model
         from .registry import create_model, list_models
+
+        if runtime == "onnx":
+            from .export.onnx import load_onnx_predictor
+
+            return load_onnx_predictor(checkpoint)
+        if runtime != "torch":
+            raise VitlabError(f"--runtime must be torch or onnx, got {runtime!r}")
+        if str(checkpoint).endswith(".onnx"):
+            raise VitlabError(f"{checkpoint} is an ONNX graph: pass --runtime onnx")
 
         if not Path(checkpoint).exists() and str(checkpoint) in list_models():
             model = create_model(str(checkpoint)).eval()
