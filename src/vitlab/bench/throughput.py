@@ -165,6 +165,7 @@ def hf_reference(ours: nn.Module) -> nn.Module:
         raise VitlabError("--compare hf needs the transformers package (pip install transformers)") from None
     from ..convert.export_hf import save_hf
 
+    transformers.utils.logging.disable_progress_bar()          # no "Loading weights" bar in benchmark output
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(ours, tmp)
         model = transformers.AutoModelForImageClassification.from_pretrained(tmp, attn_implementation="sdpa")
