@@ -16,7 +16,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -41,12 +41,13 @@ class BenchConfig:
     num_classes: int = 100
     device: str = "cpu"
     compare: tuple[str, ...] = ()           # reference implementations: "hf", "timm"
-    compile: bool = False                   # torch.compile every implementation (same setting for all)
+    compile: bool = False                   # torch.compile ours (inference: with freezing, weights constant-folded)
+    compile_references: bool | None = None  # torch.compile the references too; None: the same as `compile`
     channels_last: bool = False             # NHWC input and weights (pays off where convolutions dominate)
     warmup: int = 2                         # untimed steps per implementation (compilation happens here)
     repeats: int = 5                        # timed steps per implementation; the median is reported
     threads: int | None = None              # torch.set_num_threads on a CPU (None: leave as is)
-    fused_optimizer: bool | None = None     # AdamW fused=True; None: vitlab's default (fused on CUDA)
+    fused_optimizer: bool = True            # AdamW as one fused kernel (vitlab's trainer default); foreach if False
     peak: bool = True                       # measure the matmul peak of this precision, report MFU
     seed: int = 0
 
@@ -80,7 +81,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         x = x.contiguous(memory_format=torch.channels_last)
         for m in models.values():
             m.to(memory_format=torch.channels_last)
-    steps = {name: make_step(m, cfg, x, y) for name, m in models.items()}
+    compile_refs = cfg.compile if cfg.compile_references is None else cfg.compile_references
+    steps = {name: make_step(m, cfg, x, y, compile=cfg.compile if name == "ours" else compile_refs)
+             for name, m in models.items()}
     seconds = time_interleaved(steps, cfg.warmup, cfg.repeats, device)
 
     from .flops import count_macs
@@ -196,14 +199,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return train_autocast(device, precision)
 
 
-def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
+              compile: bool = False) -> Callable[[], None]:
     """One training step (autocast forward, cross-entropy, backward, AdamW, zero_grad) or one inference forward.
 
-    The same function for every implementation, so they differ only in model code."""
+    The same function for every implementation, so they differ only in model code (and `compile`)."""
     device = x.device
-    fn = torch.compile(model) if cfg.compile else model
     if cfg.mode == "infer":
         model.eval()
+        # freezing: parameters become constants, so Inductor folds them and pre-packs the GEMM weights
+        fn = torch.compile(model, options={"freezing": True}) if compile else model
 
         def infer() -> None:
             with torch.inference_mode(), autocast(device, cfg.precision):
@@ -213,8 +218,8 @@ def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tens
     from ..train.optim import build_optimizer
 
     model.train()
-    fused = cfg.fused_optimizer if cfg.fused_optimizer is not None else device.type == "cuda"
-    optimizer = build_optimizer(model, 1e-4, 0.05, fused=fused)
+    fn = torch.compile(model) if compile else model
+    optimizer = build_optimizer(model, 1e-4, 0.05, fused=cfg.fused_optimizer)
 
     def train() -> None:
         with autocast(device, cfg.precision):
@@ -254,7 +259,7 @@ def measure_memory(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch
     from .attention import peak_memory_bytes
 
     model.zero_grad(set_to_none=True)
-    step = make_step(model, replace(cfg, compile=False), x, y)   # eager: compiled code was measured for speed
+    step = make_step(model, cfg, x, y)        # eager: compiled code was measured for speed only
     return peak_memory_bytes(step, x.device) / 2 ** 20
 
 
@@ -280,8 +285,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in results:
         c = r["config"]
-        tag = c["precision"] + (" compiled" if c["compile"] else "") + (" NHWC" if c["channels_last"] else "")
+        refs_compiled = c["compile"] if c.get("compile_references") is None else c["compile_references"]
         for name, t in r["timings"].items():
+            compiled = c["compile"] if name == "ours" else refs_compiled
+            tag = c["precision"] + (" compiled" if compiled else "") + (" NHWC" if c["channels_last"] else "")
             ratio = f"{r['ratios'][name]:.2f}x" if name in r["ratios"] else ""
             util = f"{100 * t['mfu']:.0f}%" if t["mfu"] is not None else ""
             mem = f"{t['memory_mb']:.0f}" if t["memory_mb"] is not None else ""

@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--num-classes", type=int, default=100, help="classifier outputs (default 100)")
     m.add_argument("--compare", default="", help="reference implementations run in the same process, "
                                                  "interleaved: hf, timm or hf,timm")
-    m.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    m.add_argument("--compile", action="store_true",
+                   help="torch.compile every implementation (inference: with freezing)")
+    m.add_argument("--compile-ours-only", action="store_true",
+                   help="torch.compile ours, run the references eagerly (as they ship)")
     m.add_argument("--channels-last", action="store_true", help="NHWC input and weights")
     m.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation (default 2)")
     m.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no MFU)")
@@ -92,7 +95,8 @@ def run_throughput(args: argparse.Namespace) -> dict:
         for precision in items(args.precision):
             cfg = BenchConfig(args.target, mode=mode, precision=precision, batch_size=args.batch_size,
                               img_size=args.img_size, num_classes=args.num_classes, device=args.device,
-                              compare=tuple(items(args.compare)), compile=args.compile,
+                              compare=tuple(items(args.compare)), compile=args.compile or args.compile_ours_only,
+                              compile_references=False if args.compile_ours_only else None,
                               channels_last=args.channels_last, warmup=args.warmup, repeats=args.repeats,
                               threads=args.threads or None, peak=not args.no_peak)
             results.append(run_bench(cfg))

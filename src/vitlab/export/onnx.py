@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,10 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # the same choice as PyTorch's OpenMP threads: on cores shared with other jobs, a worker thread that
+            # busy-waits for its peer takes the core that peer needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own Fail/InvalidGraph types for unreadable files  # noqa: BLE001
