@@ -61,7 +61,7 @@ SMALL_RULES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 # Registered names known to be broken, with the reason: strict xfail, so fixing one makes the test say so.
-KNOWN_BROKEN = {"vit_huge_patch14_384": "384 px is not a multiple of patch 14 (timm's ViT-H/14 runs at 224/518)"}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 def _meta_model(name: str, **overrides: Any) -> torch.nn.Module:

@@ -241,7 +241,7 @@ for _size, _patch, _img in [
     ("small", 32, 224), ("small", 32, 384), ("small", 16, 224), ("small", 16, 384), ("small", 8, 224),
     ("base", 32, 224), ("base", 32, 384), ("base", 16, 224), ("base", 16, 384), ("base", 8, 224),
     ("large", 32, 224), ("large", 32, 384), ("large", 16, 224), ("large", 16, 384), ("large", 14, 224),
-    ("huge", 14, 224), ("huge", 14, 384),
+    ("huge", 14, 224),
 ]:
     _make_variant(_size, _patch, _img)
 
