@@ -26,9 +26,3 @@ def vit() -> VisionTransformer:
 @pytest.fixture
 def make_vit():
     return tiny_vit
-
-
-
-@pytest.fixture(autouse=True)
-def _single_thread(one_thread):
-    yield
