@@ -98,6 +98,7 @@ def plot(out: Path, labels: list[str], path: Path, mode: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = {"teacher": dict(color="grey", linestyle="--"), "baseline": dict(color="tab:blue"),
@@ -107,6 +108,7 @@ def plot(out: Path, labels: list[str], path: Path, mode: str) -> None:
         name = {"distilled": f"student, {mode} distillation", "baseline": "student, labels only"}.get(label, label)
         ax.plot(epochs, top1, marker="o", markersize=3, label=name, **styles.get(label, {}))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("DeiT distillation from a ResNet teacher")
     ax.grid(alpha=0.3)
