@@ -250,6 +250,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
              cfg.model, params / 1e6, num_classes, len(data.train), len(data.val), image_size, device, precision)
 
     last_epoch = min(cfg.stop_at or cfg.epochs, cfg.epochs)
+    if start_epoch >= last_epoch:
+        raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs}); "
+                          "pass a larger --epochs to continue")
     result: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, last_epoch + 1):
         loader = batches(data.train, local_batch, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last=True,
@@ -267,12 +270,6 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         if dist_info.is_main:
             write_text(out / "metrics.csv", _csv(history))
 
-    if not history:
-        raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs})")
-    if not result:   # resumed at the end: evaluate what was saved
-        eval_model = ema.module if ema is not None else model
-        result = evaluate(eval_model, batches(data.val, 256, shuffle=False), normalize, num_classes, device,
-                          precision)
     metrics = {
         "model": cfg.model, "data": data.name, "epochs": history[-1]["epoch"],
         "val_top1": result["val_top1"], "val_top5": result["val_top5"], "val_loss": result["val_loss"],
