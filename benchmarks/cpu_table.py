@@ -140,7 +140,8 @@ def render(results: dict) -> str:
     env = results["environment"]
     lines = [f"CPU: {env['cpu']}, {env['threads']} threads (OMP_WAIT_POLICY={env['omp_wait_policy']}), "
              f"torch {env['torch']}; matmul peak {env['peak_gflops']['fp32']:.0f} GFLOP/s fp32, "
-             f"{env['peak_gflops']['bf16']:.0f} GFLOP/s bf16 (2048^3, measured in the same run).", "",
+             f"{env['peak_gflops']['bf16']:.0f} GFLOP/s bf16 (2048^3, at the start of the run; each row's MFU uses "
+             "the higher of two peaks measured just before and after its own timing).", "",
              "Ours vs HF transformers, both eager, interleaved in one process (ours / impl = speed ratio):", "",
              format_table(results["eager"]), ""]
     if results.get("compiled"):
@@ -172,7 +173,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     repeats = 5 if args.quick else 15
-    results: dict = {"command": "python benchmarks/cpu_table.py " + " ".join(sys.argv[1:]),
+    results: dict = {"command": " ".join(["python benchmarks/cpu_table.py"] + sys.argv[1:]),
                      "environment": {"cpu": device_name(torch.device("cpu")), "threads": args.threads,
                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                      "torch": torch.__version__, "python": platform.python_version(),

@@ -84,12 +84,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     compile_refs = cfg.compile if cfg.compile_references is None else cfg.compile_references
     steps = {name: make_step(m, cfg, x, y, compile=cfg.compile if name == "ours" else compile_refs)
              for name, m in models.items()}
+    # the peak is measured before and after the timed steps and the higher kept: on a shared machine the load can
+    # change in between, and a peak taken in a busy moment would flatter the MFU
+    peak_before = matmul_peak(cfg.precision, device) if cfg.peak else None
     seconds = time_interleaved(steps, cfg.warmup, cfg.repeats, device)
 
     from .flops import count_macs
 
     macs = count_macs(_on_meta(cfg), (1, 3, *size))
-    peak = matmul_peak(cfg.precision, device) if cfg.peak else None
+    peak = max(peak_before, matmul_peak(cfg.precision, device)) if cfg.peak else None
     timings = {}
     for name, secs in seconds.items():
         med = statistics.median(secs)
