@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/cpu_table.py                 # -> benchmarks/results/cpu_table.{md,json}
     .venv/bin/python benchmarks/cpu_table.py --quick         # fewer repeats, no ViT-B (a smoke run)
+    .venv/bin/python benchmarks/cpu_table.py --readme        # and put the table into README.md
 
 What it measures, every comparison in one process with the implementations interleaved (ours, ref, ours, ref, ...),
 so a busy machine slows both alike and the ratios hold while absolute figures drift:
@@ -169,6 +170,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no ViT-B, no compiled rows")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled-inference rows")
     ap.add_argument("--out", default=str(HERE / "results" / "cpu_table"), help="output path without extension")
+    ap.add_argument("--readme", action="store_true", help="also replace the table block of README.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -196,7 +198,18 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     out.with_suffix(".md").write_text(render(results) + "\n")
+    if args.readme:
+        update_readme(render(results))
     print(render(results))
+
+
+def update_readme(text: str, start: str = "<!-- cpu-table:start -->", end: str = "<!-- cpu-table:end -->") -> None:
+    readme = HERE.parent / "README.md"
+    body = readme.read_text()
+    if start not in body or end not in body:
+        sys.exit(f"README.md has no {start} ... {end} block")
+    head, rest = body.split(start, 1)
+    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":
