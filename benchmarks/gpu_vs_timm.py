@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vitlab.bench.peak import matmul_peak
+from vitlab.bench.peak import matmul_peak, mfu
 from vitlab.bench.throughput import BenchConfig, device_name, format_table, run_bench
 
 HERE = Path(__file__).resolve().parent
@@ -52,8 +52,6 @@ def main() -> None:
                           repeats=args.repeats, peak=False)
         r = run_bench(cfg)
         r["peak_flops"] = peak
-        from vitlab.bench.peak import mfu
-
         for t in r["timings"].values():
             t["mfu"] = mfu(t["images_per_s"], r["macs_per_image"], peak, mode == "train")
         results.append(r)
