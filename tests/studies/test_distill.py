@@ -30,7 +30,7 @@ def test_tiny_study(tmp_path):
     _stripes(tmp_path / "data")
     args = argparse.Namespace(out=str(tmp_path / "out"), data=str(tmp_path / "data"), img_size=8,
                               teacher="resnet_micro_32", patch=2, depth=1, epochs=1, teacher_epochs=None,
-                              distill="soft", seed=0, tiny=True)
+                              distill="soft", seed=0, seeds=2, tiny=True)
     results = run(args)
     out = tmp_path / "out"
     assert json.loads((out / "distill.json").read_text()) == json.loads(json.dumps(results))
@@ -38,12 +38,17 @@ def test_tiny_study(tmp_path):
     runs = results["runs"]
     assert [runs[k]["epochs"] for k in ("teacher", "baseline", "distilled")] == [1, 1, 1]
     assert all(0 <= r["val_top1"] <= 100 for r in runs.values())
+    for label in ("baseline", "distilled"):                            # two seeds each, averaged
+        per_seed = runs[label]["val_top1_per_seed"]
+        assert runs[label]["seeds"] == [0, 1] and len(per_seed) == 2
+        assert runs[label]["val_top1"] == pytest.approx(sum(per_seed) / 2)
     assert results["distilled_minus_baseline_top1"] == pytest.approx(
         runs["distilled"]["val_top1"] - runs["baseline"]["val_top1"])
     # Same student: the distilled one adds only the distillation token, its position slot and a second head.
     dim, classes = 192, 2
     assert runs["distilled"]["params"] - runs["baseline"]["params"] == dim + dim + (dim * classes + classes)
-    train = {k: json.loads((out / k / "config.json").read_text())["train"] for k in ("baseline", "distilled")}
+    train = {k: json.loads((out / f"{k}-seed1" / "config.json").read_text())["train"]
+             for k in ("baseline", "distilled")}
     assert train["distilled"]["teacher"] == str(out / "teacher") and train["distilled"]["distill"] == "soft"
-    assert train["baseline"]["teacher"] is None
+    assert train["baseline"]["teacher"] is None and train["baseline"]["seed"] == train["distilled"]["seed"] == 1
     assert train["baseline"]["model_args"] == train["distilled"]["model_args"] == {"patch_size": 2, "depth": 1}

@@ -7,10 +7,10 @@ Three runs of `vitlab.train.run_training` on the same data, at the same input si
   baseline   a DeiT-Ti-like student (no distillation token), trained on the labels
   distilled  the same student with a distillation token and head, trained on the labels (class head) and on the
              teacher's hard decisions (distillation head, --distill hard) or its softened outputs (soft)
-The claim's sign: distilled val top-1 > baseline val top-1 after equal epochs.
+The claim's sign: distilled val top-1 > baseline val top-1 after equal epochs (means over --seeds students).
 
     vitlab study distill                    # digits at 16 px, 20 epochs each: minutes on a CPU
-    vitlab study distill --data shapes --epochs 40 --distill soft
+    vitlab study distill --data shapes --epochs 40 --distill soft --seeds 3   # mean of 3 seeds (on a GPU)
     vitlab study distill --tiny             # 8 px, one epoch, one block: seconds (the test)
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-epochs", type=int, default=None, help="teacher epochs (default --epochs)")
     p.add_argument("--distill", choices=("hard", "soft"), default="hard", help="DeiT's hard or soft distillation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="students trained with seeds seed..seed+N-1, accuracies averaged (one run is noisy: a "
+                        "small ViT on digits moves by several points between seeds)")
     p.add_argument("--tiny", action="store_true", help="8 px, one epoch, one block: seconds (the test)")
 
 
@@ -55,34 +59,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "teacher_epochs": 1})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(data=args.data, img_size=args.img_size, seed=args.seed, warmup_epochs=min(2.0, args.epochs / 5))
     teacher_epochs = args.teacher_epochs or args.epochs
-    runs = {
-        "teacher": TrainConfig(model=args.teacher, out=str(out / "teacher"), epochs=teacher_epochs, drop_path=0.0,
-                               **{**common, "warmup_epochs": min(2.0, teacher_epochs / 5)}),
-        "baseline": TrainConfig(model="deit_tiny_patch16_224", out=str(out / "baseline"), epochs=args.epochs,
-                                model_args=student_args(args), **common),
-        "distilled": TrainConfig(model="deit_tiny_distilled_patch16_224", out=str(out / "distilled"),
-                                 epochs=args.epochs, model_args=student_args(args), teacher=str(out / "teacher"),
-                                 distill=args.distill, **common),
-    }
+    seeds = [args.seed + i for i in range(max(1, getattr(args, "seeds", 1)))]
+
+    def config(label: str, model: str, seed: int, epochs: int, **extra: Any) -> TrainConfig:
+        run_dir = out / (label if len(seeds) == 1 or label == "teacher" else f"{label}-seed{seed}")
+        return TrainConfig(model=model, data=args.data, out=str(run_dir), epochs=epochs, img_size=args.img_size,
+                           seed=seed, warmup_epochs=min(2.0, epochs / 5), **extra)
+
+    # The teacher first (once): every distilled run loads it from its directory.
+    runs = {"teacher": config("teacher", args.teacher, args.seed, teacher_epochs, drop_path=0.0)}
+    for seed in seeds:
+        runs[f"baseline/{seed}"] = config("baseline", "deit_tiny_patch16_224", seed, args.epochs,
+                                          model_args=student_args(args))
+        runs[f"distilled/{seed}"] = config("distilled", "deit_tiny_distilled_patch16_224", seed, args.epochs,
+                                           model_args=student_args(args), teacher=str(out / "teacher"),
+                                           distill=args.distill)
     metrics = {}
-    for label, cfg in runs.items():          # the teacher first: the distilled run loads it from its directory
-        log.info("%s: training the %s (%s, %d epochs)", NAME, label, cfg.model, cfg.epochs)
+    for label, cfg in runs.items():
+        log.info("%s: training %s (%s, %d epochs)", NAME, label, cfg.model, cfg.epochs)
         metrics[label] = run_training(cfg, overwrite=True)
+
+    def summary(label: str) -> dict[str, Any]:
+        top1 = [metrics[f"{label}/{s}"]["val_top1"] for s in seeds]
+        first = metrics[f"{label}/{seeds[0]}"]
+        return {"model": first["model"], "epochs": first["epochs"], "params": first["params"], "seeds": seeds,
+                "val_top1": statistics.fmean(top1), "val_top1_per_seed": top1,
+                "val_top1_std": statistics.stdev(top1) if len(top1) > 1 else None}
+
+    teacher = metrics["teacher"]
     results: dict[str, Any] = {
         "data": args.data, "img_size": args.img_size, "distill": args.distill, "epochs": args.epochs,
         "student": {"dim": 192, "heads": 3, **student_args(args)},
-        "runs": {label: {k: m[k] for k in ("model", "epochs", "val_top1", "val_top5", "params")}
-                 for label, m in metrics.items()},
+        "runs": {"teacher": {k: teacher[k] for k in ("model", "epochs", "val_top1", "val_top5", "params")},
+                 "baseline": summary("baseline"), "distilled": summary("distilled")},
     }
-    results["distilled_minus_baseline_top1"] = metrics["distilled"]["val_top1"] - metrics["baseline"]["val_top1"]
-    results["claim_holds"] = results["distilled_minus_baseline_top1"] > 0
+    diff = results["runs"]["distilled"]["val_top1"] - results["runs"]["baseline"]["val_top1"]
+    results["distilled_minus_baseline_top1"] = diff
+    results["claim_holds"] = diff > 0
     write_json(out / "distill.json", results)
-    plot(out, list(runs), out / "distill.png", args.distill)
-    log.info("%s: teacher %.2f%%, student %.2f%% without teacher, %.2f%% distilled (%s)", NAME,
-             metrics["teacher"]["val_top1"], metrics["baseline"]["val_top1"], metrics["distilled"]["val_top1"],
-             args.distill)
+    plot(out, [Path(cfg.out).name for cfg in runs.values()], out / "distill.png", args.distill)
+    log.info("%s: teacher %.2f%%, student %.2f%% without teacher, %.2f%% distilled (%s; mean of %d seed(s))",
+             NAME, teacher["val_top1"], results["runs"]["baseline"]["val_top1"],
+             results["runs"]["distilled"]["val_top1"], args.distill, len(seeds))
     return results
 
 
@@ -94,6 +113,7 @@ def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
 
 
 def plot(out: Path, labels: list[str], path: Path, mode: str) -> None:
+    """Validation top-1 per epoch of the run directories `labels` under `out` (teacher, baseline[-seedN], ...)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,10 +123,14 @@ def plot(out: Path, labels: list[str], path: Path, mode: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = {"teacher": dict(color="grey", linestyle="--"), "baseline": dict(color="tab:blue"),
               "distilled": dict(color="tab:red")}
-    for label in labels:
-        epochs, top1 = read_curve(out / label)
-        name = {"distilled": f"student, {mode} distillation", "baseline": "student, labels only"}.get(label, label)
-        ax.plot(epochs, top1, marker="o", markersize=3, label=name, **styles.get(label, {}))
+    named = set()
+    for run_dir in labels:
+        kind = run_dir.split("-seed")[0]
+        epochs, top1 = read_curve(out / run_dir)
+        name = {"distilled": f"student, {mode} distillation", "baseline": "student, labels only"}.get(kind, kind)
+        ax.plot(epochs, top1, marker="o", markersize=3, label=None if kind in named else name,
+                **styles.get(kind, {}))
+        named.add(kind)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation top-1 (%)")
