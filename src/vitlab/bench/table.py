@@ -27,6 +27,13 @@ PUBLISHED: dict[str, Published] = {
     "vit_small_patch16_224": Published(22.05, 4.61, "timm"),
     "vit_base_patch16_224": Published(86.57, 17.58, "ViT paper / timm"),
     "vit_large_patch16_224": Published(304.33, 61.6, "ViT paper / timm"),
+    "vit_tiny_patch16_224": Published(5.72, 1.26, "timm"),
+    "vit_huge_patch14_224": Published(632.0, 167.4, "ViT paper (632M) / timm GMACs"),
+    # Swin (Liu et al. 2021, Table 1) and MViT-B-16 (Fan et al. 2021, Table 3).
+    "swin_tiny_patch4_window7_224": Published(28.3, 4.5, "Swin paper"),
+    "swin_small_patch4_window7_224": Published(49.6, 8.7, "Swin paper"),
+    "swin_base_patch4_window7_224": Published(87.8, 15.4, "Swin paper"),
+    "mvit_base_16_224": Published(36.6, 7.8, "MViT paper"),
     # ResNet (He et al. 2016, Table 1: 1.8 / 3.6 / 3.8 GFLOPs for 18/34/50; 3.8 counts the v1 stride placement).
     "resnet18": Published(11.69, 1.82, "timm"),
     "resnet34": Published(21.80, 3.67, "timm"),
