@@ -11,3 +11,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _fit_batch(model, x, y, steps=10, lr=3e-3):
+    """Adam on one batch for `steps` steps. Returns the losses and the gradients of the first step by name (a
+    parameter that got none is missing from the dict)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses, first_grads = [], {}
+    for step in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            first_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        opt.step()
+        losses.append(loss.item())
+    return losses, first_grads
+
+
+@pytest.fixture
+def fit_batch():
+    return _fit_batch

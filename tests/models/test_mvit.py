@@ -70,21 +70,13 @@ def test_mvit_base_16_matches_the_paper():
     assert abs(s["gflops"] - 7.8) / 7.8 < 0.02
 
 
-def test_micro_mvit_trains_on_cpu_and_fused_equals_explicit():
+def test_micro_mvit_trains_on_cpu_and_fused_equals_explicit(fit_batch):
     torch.manual_seed(0)
     model = vitlab.create_model("mvit_micro_32", num_classes=4, img_size=16, embed_dim=32, depth=4, stage_starts=(2,),
                                 drop_path_rate=0.0)
     x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(10):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if step == 0:
-            assert [n for n, p in model.named_parameters() if p.grad is None] == []
-        opt.step()
-        losses.append(loss.item())
+    losses, grads = fit_batch(model, x, y)
+    assert set(grads) == {n for n, _ in model.named_parameters()}
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import vitlab
 from vitlab.models.stn import SpatialTransformer
@@ -39,23 +38,15 @@ def test_a_translation_shifts_the_image():
     torch.testing.assert_close(crops[0, 0, :, :, 31], x[0, :, :, 31], rtol=1e-5, atol=1e-5)
 
 
-def test_classifier_learns_and_the_localisation_net_gets_gradients():
+def test_classifier_learns_and_the_localisation_net_gets_gradients(fit_batch):
     torch.manual_seed(0)
     model = vitlab.create_model("stn2_cnn_48", num_classes=4, img_size=24, out_size=16, cls_channels=(8, 16),
                                 loc_channels=(8, 8), loc_hidden=16)
     x, y = torch.randn(8, 3, 24, 24), torch.arange(8) % 4
     assert model.forward_features(x).shape == (8, 2 * 16)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(10):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if step == 0:
-            assert [n for n, p in model.named_parameters() if p.grad is None] == []
-            assert model.stn.fc_theta.weight.grad.abs().sum() > 0          # the sampler is differentiable in theta
-        opt.step()
-        losses.append(loss.item())
+    losses, grads = fit_batch(model, x, y)
+    assert set(grads) == {n for n, _ in model.named_parameters()}
+    assert grads["stn.fc_theta.weight"].abs().sum() > 0          # the sampler is differentiable in theta
     assert losses[-1] < 0.7 * losses[0]
     _, theta = model.transform(x)
     assert not torch.allclose(theta, torch.eye(2, 3).expand_as(theta))      # the transform moved off the identity
