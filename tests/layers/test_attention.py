@@ -87,3 +87,22 @@ def test_explicit_attention_function_masks_with_bool():
 def test_heads_must_divide_dim():
     with pytest.raises(ValueError, match="not divisible"):
         Attention(10, num_heads=3)
+
+
+def test_bf16_cpu_fast_path_equals_explicit_path_and_the_fp32_result():
+    torch.manual_seed(0)
+    attn = Attention(64, num_heads=4).eval()
+    x = torch.randn(2, 50, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = attn(x)
+        attn.fused = False
+        explicit = attn(x)
+        attn.fused = True
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast, explicit, rtol=0, atol=0)        # the same operations
+    torch.testing.assert_close(fast.float(), attn(x), rtol=0.05, atol=0.02)   # bf16 rounding of the fp32 result
+    seen = []
+    attn.weights.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x)
+    assert seen == []                          # only the explicit path feeds the recording probe
