@@ -14,6 +14,9 @@ so a busy machine slows both alike and the ratios hold while absolute figures dr
   3. SDPA vs the explicit softmax path, forward + backward, at 577 tokens (ViT-B/16 at 384 px: 768 wide, 12 heads).
   4. The fp32 and bf16 matmul peak (2048^3) behind the MFU column.
 
+The glibc allocator keeps freed memory for reuse (vitlab.runtime.keep_freed_memory, what the `vitlab` command
+does), for every implementation in the process alike; VITLAB_MALLOC=default measures with glibc's defaults.
+
 Threads: --threads (default 2). OMP_WAIT_POLICY defaults to PASSIVE here: on a machine whose cores are shared with
 other jobs, OpenMP's default busy-wait makes a 2-thread PyTorch forward up to 50x slower (a waiting thread spins on
 a core the other thread needs); PASSIVE threads sleep instead. It is recorded in the JSON.
@@ -35,6 +38,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from vitlab.bench.peak import matmul_peak  # noqa: E402
+from vitlab.runtime import keep_freed_memory  # noqa: E402
 from vitlab.bench.throughput import BenchConfig, device_name, format_table, run_bench, time_interleaved  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -139,7 +143,8 @@ def sdpa_in_fresh_processes(threads: int, repeats: int) -> dict:
 
 def render(results: dict) -> str:
     env = results["environment"]
-    lines = [f"CPU: {env['cpu']}, {env['threads']} threads (OMP_WAIT_POLICY={env['omp_wait_policy']}), "
+    malloc = "freed memory kept for reuse" if env.get("malloc_keeps_freed_memory") else "glibc malloc defaults"
+    lines = [f"CPU: {env['cpu']}, {env['threads']} threads (OMP_WAIT_POLICY={env['omp_wait_policy']}, {malloc}), "
              f"torch {env['torch']}; matmul peak {env['peak_gflops']['fp32']:.0f} GFLOP/s fp32, "
              f"{env['peak_gflops']['bf16']:.0f} GFLOP/s bf16 (2048^3, at the start of the run; each row's MFU uses "
              "the higher of two peaks measured just before and after its own timing).", "",
@@ -173,11 +178,13 @@ def main() -> None:
     ap.add_argument("--readme", action="store_true", help="also replace the table block of README.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    malloc_kept = keep_freed_memory()        # as the vitlab command does; applies to every implementation alike
     t0 = time.perf_counter()
     repeats = 5 if args.quick else 15
     results: dict = {"command": " ".join(["python benchmarks/cpu_table.py"] + sys.argv[1:]),
                      "environment": {"cpu": device_name(torch.device("cpu")), "threads": args.threads,
                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                     "malloc_keeps_freed_memory": malloc_kept,
                                      "torch": torch.__version__, "python": platform.python_version(),
                                      "peak_gflops": {p: matmul_peak(p) / 1e9 for p in ("fp32", "bf16")}}}
     results["eager"] = []

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
+    from ..runtime import keep_freed_memory
+
+    keep_freed_memory()      # glibc: reuse freed activations instead of faulting fresh pages in every step
     try:
         rc = args.func(args)
         return rc if isinstance(rc, int) else 0
