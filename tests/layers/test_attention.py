@@ -99,10 +99,38 @@ def test_bf16_cpu_fast_path_equals_explicit_path_and_the_fp32_result():
         explicit = attn(x)
         attn.fused = True
     assert fast.dtype == torch.bfloat16
-    torch.testing.assert_close(fast, explicit, rtol=0, atol=0)        # the same operations
+    torch.testing.assert_close(fast, explicit, rtol=0, atol=0)        # scale 1/4: exact in bf16 either way
     torch.testing.assert_close(fast.float(), attn(x), rtol=0.05, atol=0.02)   # bf16 rounding of the fp32 result
     seen = []
     attn.weights.register_forward_hook(lambda m, i, o: seen.append(o))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         attn(x)
     assert seen == []                          # only the explicit path feeds the recording probe
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_bf16_cpu_fast_path_gradients_equal_the_explicit_path(mask):
+    """head_dim 48: the scale 1/sqrt(48) is not a power of two, so scaling inside the GEMM (fast path) and scaling
+    q first (explicit path) round differently; both must agree to bf16 precision, masks and gradients included."""
+    torch.manual_seed(0)
+    attn = Attention(96, num_heads=2)
+    x = torch.randn(3, 20, 96)
+    m = None
+    if mask == "bool":
+        m = torch.rand(3, 1, 20, 20) > 0.3
+        m[..., 0] = True                                           # every query attends to something
+    elif mask == "float":
+        m = torch.randn(1, 2, 20, 20)
+    results = []
+    for fused in (True, False):
+        attn.fused = fused
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn(xi, m)
+        out.float().square().sum().backward()
+        results.append((out.float(), xi.grad, attn.qkv.weight.grad.clone()))
+        attn.zero_grad()
+    (o1, gx1, gw1), (o2, gx2, gw2) = results
+    torch.testing.assert_close(o1, o2, rtol=0.02, atol=0.01)
+    for a, b in ((gx1, gx2), (gw1, gw2)):
+        assert ((a - b).norm() / b.norm()) < 0.02

@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .linear import Linear
+
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
                        scale: float | None = None) -> tuple[Tensor, Tensor]:
@@ -50,10 +52,10 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.fused = fused                     # False: explicit path, weights visible to hooks on self.weights
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.weights = nn.Identity()           # probe: receives softmax weights (B, heads, Nq, Nk) on the explicit path
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -66,19 +68,35 @@ class Attention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """The attention core on split heads: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d)."""
-        if self.fused and not bf16_on_cpu(q):
+        if self.fused and bf16_on_cpu(q):
+            return self._attend_gemm(q, k, v, attn_mask)
+        if self.fused:
             p = self.attn_drop.p if self.training else 0.0
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(q.dtype)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
         scores = (q * self.scale) @ k.transpose(-2, -1)                            # (B, h, Nq, Nk)
-        if attn_mask is not None:
-            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-                else scores + attn_mask
-        weights = scores.softmax(dim=-1)
-        if not self.fused:                      # recording goes through the probe; the bf16 CPU fast path does not
-            weights = self.weights(weights)
+        weights = self.weights(_masked_softmax(scores, attn_mask))   # the probe: recording sees these
         return self.attn_drop(weights) @ v
+
+    def _attend_gemm(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """The bf16 CPU path: the explicit formula as two batched GEMMs on (B*h, N, d) operands, the scale
+        applied inside the first GEMM (baddbmm's alpha) rather than as a pass over q."""
+        B, h, Nq, d = q.shape
+        Nk, dv = k.shape[-2], v.shape[-1]
+        q3, k3, v3 = q.reshape(B * h, Nq, d), k.reshape(B * h, Nk, d), v.reshape(B * h, Nk, dv)  # copies views
+        scores = torch.baddbmm(q3.new_zeros(1, 1, 1), q3, k3.transpose(1, 2), beta=0.0, alpha=self.scale)
+        weights = _masked_softmax(scores.view(B, h, Nq, Nk), attn_mask)            # (B, h, Nq, Nk)
+        out = torch.bmm(self.attn_drop(weights).view(B * h, Nq, Nk).to(v3.dtype), v3)   # (B*h, Nq, dv)
+        return out.view(B, h, Nq, dv)
+
+
+def _masked_softmax(scores: Tensor, attn_mask: Tensor | None) -> Tensor:
+    """softmax over the last dim after a bool mask (True = attend) or an additive float bias."""
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask
+    return scores.softmax(dim=-1)
 
 
 def bf16_on_cpu(q: Tensor) -> bool:

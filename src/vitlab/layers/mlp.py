@@ -1,8 +1,11 @@
 """Transformer feed-forward block."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from torch import Tensor
+
+from .linear import Linear, cpu_bf16, onednn_linear
 
 
 class Mlp(nn.Module):
@@ -11,11 +14,15 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, out_dim: int | None = None, act_layer: type[nn.Module] = nn.GELU,
                  drop: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.fc1 = Linear(dim, hidden_dim, bias=bias)
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, out_dim or dim, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training and not torch.is_grad_enabled() and isinstance(self.act, nn.GELU):
+            dtype = cpu_bf16(x)
+            if dtype is not None:     # bf16 CPU inference: GELU (and fc1's bias) fused into fc1's GEMM
+                return self.fc2(onednn_linear(x, self.fc1.weight, self.fc1.bias, dtype, "gelu", self.act.approximate))
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

@@ -1,0 +1,82 @@
+"""layers.Linear: nn.Linear with a oneDNN path under bf16 on a CPU (bias in the GEMM epilogue; GELU too in Mlp at
+inference). Each path must equal the plain one, and the fast path must really be the one taken."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitlab.layers import Mlp
+from vitlab.layers import linear as L
+
+pytestmark = pytest.mark.skipif(not L._onednn_bf16(), reason="this CPU or torch build has no oneDNN bf16")
+autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)   # noqa: E731
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    calls = []
+    real = L.onednn_linear
+
+    def onednn_linear(*args, **kwargs):
+        calls.append(args[4] if len(args) > 4 else kwargs.get("act", "none"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "onednn_linear", onednn_linear)
+    monkeypatch.setattr("vitlab.layers.mlp.onednn_linear", onednn_linear)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_training_path_equals_addmm_forward_and_gradients(spy, bias):
+    torch.manual_seed(0)
+    fast = L.Linear(48, 80, bias=bias)
+    plain = nn.Linear(48, 80, bias=bias)
+    plain.load_state_dict(fast.state_dict())                      # the same keys as nn.Linear
+    x = torch.randn(2, 7, 48)
+    grads = []
+    for layer in (fast, plain):
+        xi = x.clone().requires_grad_()
+        with autocast():
+            out = layer(xi)
+        assert out.dtype == torch.bfloat16 and out.shape == (2, 7, 80)
+        out.float().sin().sum().backward()
+        grads.append([out.float(), xi.grad] + [p.grad for p in layer.parameters()])
+    assert spy == ["none"]                                        # the fast layer took the oneDNN path, once
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0.02, atol=2e-3)
+
+
+def test_bf16_tensors_without_autocast_and_fp32_stays_plain(spy):
+    torch.manual_seed(0)
+    layer = L.Linear(16, 8)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    assert spy == []                                              # fp32: nn.Linear unchanged
+    layer = layer.to(torch.bfloat16)
+    with torch.no_grad():
+        out = layer(x.bfloat16())
+    assert spy == ["none"] and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, F.linear(x.bfloat16(), layer.weight, layer.bias), rtol=0.02, atol=1e-2)
+
+
+def test_mlp_inference_fuses_gelu_and_equals_the_plain_path(spy):
+    torch.manual_seed(0)
+    mlp = Mlp(32, 128).eval()
+    x = torch.randn(3, 11, 32)
+    with torch.no_grad(), autocast():
+        fused = mlp(x)
+    assert spy == ["gelu", "none"]                                # fc1 + GELU in one call, then fc2
+    with autocast():
+        plain = mlp(x)                                            # grad enabled: the autograd path
+    assert spy[2:] == ["none", "none"]
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=0.02, atol=1e-2)
+    torch.testing.assert_close(fused.float(), mlp(x), rtol=0.05, atol=0.02)   # and the fp32 result, to bf16
+
+
+def test_onednn_linear_refuses_a_fused_activation_under_autograd():
+    w = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference"):
+        L.onednn_linear(torch.randn(2, 3), w, None, torch.bfloat16, "gelu", "none")
