@@ -80,3 +80,38 @@ def test_onednn_linear_refuses_a_fused_activation_under_autograd():
     w = torch.randn(4, 3, requires_grad=True)
     with pytest.raises(RuntimeError, match="inference"):
         L.onednn_linear(torch.randn(2, 3), w, None, torch.bfloat16, "gelu", "none")
+
+
+def test_frozen_linear_packs_once_and_follows_in_place_updates():
+    torch.manual_seed(0)
+    layer = L.freeze_for_inference(nn.Sequential(L.Linear(24, 40)))[0]
+    x = torch.randn(6, 24)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad(), autocast():
+            return layer(x).float()
+
+    def plain() -> torch.Tensor:
+        with torch.no_grad(), autocast():
+            return F.linear(x, layer.weight, layer.bias).float()
+
+    torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
+    packed = L._PACKED[id(layer.weight)][1]
+    run()
+    assert L._PACKED[id(layer.weight)][1] is packed                # reused, not packed again
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.5)
+    layer(x).square().sum().backward()
+    opt.step()                                                     # in-place update: the version moves on
+    torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
+    layer.load_state_dict({"weight": torch.randn(40, 24), "bias": torch.zeros(40)})
+    torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
+    layer.weight.data.mul_(-1)                                     # .data: invisible to the version counter ...
+    L.freeze_for_inference(layer)                                  # ... so freezing again refreshes
+    torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
+
+
+def test_unfrozen_linear_keeps_no_packed_copy():
+    layer = L.Linear(8, 8)
+    with torch.no_grad(), autocast():
+        layer(torch.randn(2, 8))
+    assert id(layer.weight) not in L._PACKED

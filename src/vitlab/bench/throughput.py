@@ -209,7 +209,9 @@ def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tens
     The same function for every implementation, so they differ only in model code (and `compile`)."""
     device = x.device
     if cfg.mode == "infer":
-        model.eval()
+        from ..layers import freeze_for_inference
+
+        freeze_for_inference(model.eval())      # vitlab Linears keep packed bf16 weights; no-op on other libraries
         # freezing: parameters become constants, so Inductor folds them and pre-packs the GEMM weights
         fn = torch.compile(model, options={"freezing": True}) if compile else model
 

@@ -6,8 +6,15 @@ layer's time. oneDNN's linear adds the bias in the GEMM's epilogue instead (and 
 Mlp). Under bf16 on a CPU (bf16 autocast, or bf16 tensors) `Linear` takes that path, with a backward that
 computes the same three products as addmm's; elsewhere (fp32, CUDA, no oneDNN) it is nn.Linear unchanged.
 Parameters, state-dict keys and initialisation are nn.Linear's.
+
+`freeze_for_inference(model)` (vitlab predict, eval and bench call it) lets each Linear keep its bf16 weight in
+oneDNN's blocked layout between calls, packed once instead of reordered inside every GEMM: ViT-B/16 bf16
+inference here 1.19x -> 1.28x HF. The packed copy follows in-place updates made through the parameter (they bump
+its version) and moves; writes through `.data` bypass the version counter: call freeze_for_inference again.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn as nn
@@ -18,11 +25,23 @@ from torch import Tensor
 class Linear(nn.Linear):
     """nn.Linear; x (..., in_features) -> (..., out_features). See the module docstring for the bf16 CPU path."""
 
+    frozen = False           # freeze_for_inference: keep the packed bf16 weight between inference calls
+
     def forward(self, x: Tensor) -> Tensor:
         dtype = cpu_bf16(x)
         if dtype is None:
             return F.linear(x, self.weight, self.bias)
-        return onednn_linear(x, self.weight, self.bias, dtype)
+        return onednn_linear(x, self.weight, self.bias, dtype, pack=self.frozen)
+
+
+def freeze_for_inference(model: nn.Module, frozen: bool = True) -> nn.Module:
+    """Declare `model`'s weights constant for inference (see the module docstring); returns `model`. Also drops
+    packed copies made before, so it doubles as the refresh after writes through `.data`."""
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m.frozen = frozen
+            _PACKED.pop(id(m.weight), None)
+    return model
 
 
 def cpu_bf16(x: Tensor) -> torch.dtype | None:
@@ -37,19 +56,20 @@ def cpu_bf16(x: Tensor) -> torch.dtype | None:
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, act: str = "none",
-                  approximate: str = "") -> Tensor:
+                  approximate: str = "", pack: bool = False) -> Tensor:
     """act(x W^T + b) in `dtype` by one oneDNN call, x (..., in) -> (..., out). act: "none", or "gelu" with
-    approximate "none"/"tanh" (inference only: GELU's backward would need the pre-activation)."""
+    approximate "none"/"tanh" (inference only: GELU's backward would need the pre-activation). pack: at
+    inference, use the cached packed weight (packed_weight)."""
     shape = x.shape
-    x, weight = x.reshape(-1, shape[-1]).to(dtype), weight.to(dtype)                 # (rows, in), (out, in)
+    x = x.reshape(-1, shape[-1]).to(dtype)                                            # (rows, in)
     bias = None if bias is None else bias.to(dtype)
-    if act == "none" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                      or (bias is not None and bias.requires_grad)):
-        out = _OneDNNLinear.apply(x, weight, bias)
+    if not torch.is_grad_enabled():
+        w = packed_weight(weight, dtype, x.shape[0]) if pack else weight.to(dtype)
+        out = torch.ops.mkldnn._linear_pointwise(x, w, bias, act, [], approximate)
+    elif act != "none":
+        raise RuntimeError("onednn_linear with a fused activation is for inference (no autograd)")
     else:
-        if act != "none" and torch.is_grad_enabled():
-            raise RuntimeError("onednn_linear with a fused activation is for inference (no autograd)")
-        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], approximate)
+        out = _OneDNNLinear.apply(x, weight.to(dtype), bias)
     return out.reshape(*shape[:-1], -1)                                               # (..., out)
 
 
@@ -70,6 +90,24 @@ class _OneDNNLinear(torch.autograd.Function):
         dw = grad.t().mm(x) if need_w else None
         db = grad.sum(0) if ctx.has_bias and need_b else None
         return dx, dw, db
+
+
+_PACKED: dict[int, tuple[tuple, Tensor]] = {}   # id(parameter) -> ((version, address, dtype), packed weight)
+
+
+def packed_weight(weight: Tensor, dtype: torch.dtype, rows: int) -> Tensor:
+    """`weight` (out, in) in `dtype` and oneDNN's blocked layout (GEMMs ~5% faster here), cached per parameter
+    while its storage and version stay the same (an optimizer step, load_state_dict or any in-place update under
+    no_grad bumps the version; .to() moves the storage). The entry goes when the parameter does."""
+    key = (weight._version, weight.data_ptr(), dtype)
+    hit = _PACKED.get(id(weight))
+    if hit is None or hit[0] != key:
+        if hit is None:
+            weakref.finalize(weight, _PACKED.pop, id(weight), None)
+        with torch.no_grad():
+            hit = (key, torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), rows))   # rows: a layout hint
+        _PACKED[id(weight)] = hit
+    return hit[1]
 
 
 _ONEDNN_BF16: bool | None = None

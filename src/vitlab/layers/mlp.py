@@ -24,5 +24,7 @@ class Mlp(nn.Module):
         if not self.training and not torch.is_grad_enabled() and isinstance(self.act, nn.GELU):
             dtype = cpu_bf16(x)
             if dtype is not None:     # bf16 CPU inference: GELU (and fc1's bias) fused into fc1's GEMM
-                return self.fc2(onednn_linear(x, self.fc1.weight, self.fc1.bias, dtype, "gelu", self.act.approximate))
+                h = onednn_linear(x, self.fc1.weight, self.fc1.bias, dtype, "gelu", self.act.approximate,
+                                  pack=self.fc1.frozen)
+                return self.fc2(h)
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
