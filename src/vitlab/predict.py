@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .data.augment import Normalize
 from .errors import VitlabError
+from .layers import freeze_for_inference
 
 
 @dataclass
@@ -20,15 +21,22 @@ class Predictor:
     classes: list[str]
     image_size: int
     normalize: Normalize
+    precision: str = "fp32"      # "bf16": the forward under bf16 autocast (CPU included)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", runtime: str = "torch") -> "Predictor":
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", runtime: str = "torch",
+             precision: str = "fp32") -> "Predictor":
         """From a run directory or any checkpoint vitlab reads; a registered model name gives fresh weights.
-        runtime="onnx": the .onnx file (or RUN_DIR/model.onnx) `vitlab export --onnx` wrote, in ONNX Runtime."""
+        runtime="onnx": the .onnx file (or RUN_DIR/model.onnx) `vitlab export --onnx` wrote, in ONNX Runtime.
+        precision: "fp32" or "bf16" (torch runtime only)."""
         from .checkpoint import load_model
         from .registry import create_model, list_models
 
+        if precision not in ("fp32", "bf16"):
+            raise VitlabError(f"--precision must be fp32 or bf16, got {precision!r}")
         if runtime == "onnx":
+            if precision != "fp32":
+                raise VitlabError("--runtime onnx runs the exported fp32 graph: use --precision fp32")
             from .export.onnx import load_onnx_predictor
 
             return load_onnx_predictor(checkpoint)
@@ -44,12 +52,13 @@ class Predictor:
             raise VitlabError(f"{checkpoint}: no such checkpoint, run directory or model name")
         else:
             model = load_model(checkpoint)
-        model = model.to(device)
+        model = freeze_for_inference(model.to(device).eval())   # weights constant from here: packed once for bf16
         size = model.cfg.img_size
         size = size if isinstance(size, int) else size[0]
         meta = getattr(model, "vitlab_meta", {})
         classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
-        return cls(model, list(classes), size, Normalize(tuple(model.cfg.mean), tuple(model.cfg.std)).to(device))
+        return cls(model, list(classes), size, Normalize(tuple(model.cfg.mean), tuple(model.cfg.std)).to(device),
+                   precision)
 
     @property
     def device(self) -> torch.device:
@@ -64,8 +73,11 @@ class Predictor:
     @torch.no_grad()
     def logits(self, images: Tensor) -> Tensor:
         """uint8 (B, 3, S, S) -> logits (B, num_classes)."""
+        from .train.trainer import autocast
+
         self.model.eval()
-        return self.model(self.normalize(images.to(self.device))).float()
+        with autocast(self.device, self.precision):
+            return self.model(self.normalize(images.to(self.device))).float()
 
     def predict(self, paths: Sequence[str | Path], top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for each image file."""

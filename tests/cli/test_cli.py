@@ -82,3 +82,21 @@ def test_predict_prints_top_k_with_class_names(capsys, tmp_path):
     line = out.strip()
     assert line.startswith(f"{tmp_path / 'a.png'}: ") and line.count(",") == 1
     assert any(n in line for n in ("cat", "dog", "owl"))
+
+
+def test_predict_in_bf16_gives_the_fp32_probabilities_to_bf16_precision(capsys, tmp_path):
+    from vitlab.predict import Predictor
+
+    torch.manual_seed(0)
+    save_model(vitlab.create_model("vit_micro_patch2_8", num_classes=3), tmp_path / "ck", classes=["a", "b", "c"])
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    fp32 = Predictor.load(tmp_path / "ck").logits(images)
+    bf16 = Predictor.load(tmp_path / "ck", precision="bf16").logits(images)
+    assert bf16.dtype == torch.float32                             # logits come back in fp32 either way
+    assert 0 < (bf16 - fp32).abs().max() < 0.05                    # bf16 rounding, not another model
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "a.png")
+    assert run_cli(capsys, "predict", "--checkpoint", str(tmp_path / "ck"), "--precision", "bf16",
+                   str(tmp_path / "a.png"))[0] == 0
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", str(tmp_path / "ck"), "--runtime", "onnx",
+                           "--precision", "bf16", str(tmp_path / "a.png"))
+    assert code == 2 and err.count("\n") == 1 and "--precision fp32" in err

@@ -38,6 +38,8 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
     assert model.vitlab_meta["classes"] == [str(i) for i in range(10)]
     from vitlab.cli.eval import evaluate_checkpoint
     assert evaluate_checkpoint(str(out), "digits")["val_top1"] == pytest.approx(m["val_top1"])
+    bf16 = evaluate_checkpoint(str(out), "digits", precision="bf16")          # oneDNN bf16 path, packed weights
+    assert abs(bf16["val_top1"] - m["val_top1"]) < 2.0 and bf16["val_loss"] != pytest.approx(m["val_loss"], abs=1e-7)
 
 
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):

@@ -12,12 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["val", "train"], default="val")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (CPU included)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_size: int = 256,
-                        device: str = "auto") -> dict:
+                        device: str = "auto", precision: str = "fp32") -> dict:
     from ..data import batches, build_data
     from ..errors import VitlabError
     from ..predict import Predictor
@@ -25,18 +26,19 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_si
     from ..train.trainer import evaluate
 
     dev = resolve_device(device)
-    pred = Predictor.load(checkpoint, dev)
+    pred = Predictor.load(checkpoint, dev, precision=precision)
     bundle = build_data(data, pred.image_size)
     if len(bundle.classes) != len(pred.classes):
         raise VitlabError(f"{data} has {len(bundle.classes)} classes but the checkpoint {len(pred.classes)}")
     split_set = bundle.val if split == "val" else bundle.train
-    r = evaluate(pred.model, batches(split_set, batch_size, shuffle=False), pred.normalize, len(pred.classes), dev)
+    r = evaluate(pred.model, batches(split_set, batch_size, shuffle=False), pred.normalize, len(pred.classes), dev,
+                 precision)
     return {"val_top1": r["val_top1"], "val_top5": r["val_top5"], "val_loss": r["val_loss"],
             "images": r["val_images"], "skipped_images": len(bundle.skipped)}
 
 
 def run(args: argparse.Namespace) -> int:
-    m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device)
+    m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device, args.precision)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
