@@ -1,15 +1,16 @@
-"""nn.Linear with a bf16 CPU fast path.
+"""nn.Linear with a bf16 CPU inference path.
 
 Eager `F.linear` with a bias runs addmm, which first copies the bias into every row of the output and then
 accumulates the GEMM onto it: for ViT-Ti's fc1 at batch 32 (6304 x 768 outputs) that copy is a quarter of the
 layer's time. oneDNN's linear adds the bias in the GEMM's epilogue instead (and can apply GELU there too, see
-Mlp). Under bf16 on a CPU (bf16 autocast, or bf16 tensors) `Linear` takes that path, with a backward that
-computes the same three products as addmm's; elsewhere (fp32, CUDA, no oneDNN) it is nn.Linear unchanged.
-Parameters, state-dict keys and initialisation are nn.Linear's.
+Mlp). Under bf16 on a CPU (bf16 autocast, or bf16 tensors) without autograd, `Linear` takes that path (ViT-Ti/16
+bf16 inference 1.13x, ViT-B/16 1.12x: benchmarks/cpu_ablation.py); elsewhere (fp32, training, CUDA, no oneDNN) it
+is nn.Linear unchanged. A training version (the same epilogue, addmm's three products as the backward) measured
+1.00x on a ViT-Ti training step and was left out. Parameters, state-dict keys and initialisation are nn.Linear's.
 
 `freeze_for_inference(model)` (vitlab predict, eval and bench call it) lets each Linear keep its bf16 weight in
-oneDNN's blocked layout between calls, packed once instead of reordered inside every GEMM: ViT-B/16 bf16
-inference here 1.19x -> 1.28x HF. The packed copy follows in-place updates made through the parameter (they bump
+oneDNN's blocked layout between calls, packed once instead of reordered inside every GEMM (ViT-Ti/16 and
+ViT-B/16 bf16 inference 1.04-1.05x). The packed copy follows in-place updates made through the parameter (they bump
 its version) and moves; writes through `.data` bypass the version counter: call freeze_for_inference again.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Linear(nn.Linear):
     frozen = False           # freeze_for_inference: keep the packed bf16 weight between inference calls
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = cpu_bf16(x)
+        dtype = None if torch.is_grad_enabled() else cpu_bf16(x)
         if dtype is None:
             return F.linear(x, self.weight, self.bias)
         return onednn_linear(x, self.weight, self.bias, dtype, pack=self.frozen)
@@ -57,39 +58,16 @@ def cpu_bf16(x: Tensor) -> torch.dtype | None:
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, act: str = "none",
                   approximate: str = "", pack: bool = False) -> Tensor:
-    """act(x W^T + b) in `dtype` by one oneDNN call, x (..., in) -> (..., out). act: "none", or "gelu" with
-    approximate "none"/"tanh" (inference only: GELU's backward would need the pre-activation). pack: at
-    inference, use the cached packed weight (packed_weight)."""
+    """act(x W^T + b) in `dtype` by one oneDNN call, x (..., in) -> (..., out), for inference (no autograd).
+    act: "none", or "gelu" with approximate "none"/"tanh". pack: use the cached packed weight (packed_weight)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("onednn_linear is for inference: call it under torch.no_grad() or inference_mode()")
     shape = x.shape
     x = x.reshape(-1, shape[-1]).to(dtype)                                            # (rows, in)
-    bias = None if bias is None else bias.to(dtype)
-    if not torch.is_grad_enabled():
-        w = packed_weight(weight, dtype, x.shape[0]) if pack else weight.to(dtype)
-        out = torch.ops.mkldnn._linear_pointwise(x, w, bias, act, [], approximate)
-    elif act != "none":
-        raise RuntimeError("onednn_linear with a fused activation is for inference (no autograd)")
-    else:
-        out = _OneDNNLinear.apply(x, weight.to(dtype), bias)
+    w = packed_weight(weight, dtype, x.shape[0]) if pack else weight.to(dtype)
+    b = None if bias is None else bias.to(dtype)
+    out = torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], approximate)
     return out.reshape(*shape[:-1], -1)                                               # (..., out)
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """y = x W^T + b by oneDNN; the backward is addmm's: dx = dy W, dW = dy^T x, db = sum over rows of dy."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        dx = grad.mm(weight) if need_x else None
-        dw = grad.t().mm(x) if need_w else None
-        db = grad.sum(0) if ctx.has_bias and need_b else None
-        return dx, dw, db
 
 
 _PACKED: dict[int, tuple[tuple, Tensor]] = {}   # id(parameter) -> ((version, address, dtype), packed weight)

@@ -23,7 +23,7 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training and not torch.is_grad_enabled() and isinstance(self.act, nn.GELU):
             dtype = cpu_bf16(x)
-            if dtype is not None:     # bf16 CPU inference: GELU (and fc1's bias) fused into fc1's GEMM
+            if dtype is not None:     # bf16 CPU inference: GELU (and fc1's bias) in fc1's GEMM epilogue
                 h = onednn_linear(x, self.fc1.weight, self.fc1.bias, dtype, "gelu", self.act.approximate,
                                   pack=self.fc1.frozen)
                 return self.fc2(h)
