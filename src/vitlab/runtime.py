@@ -5,11 +5,12 @@ the same in your own script).
 Why: glibc's malloc gives large freed blocks back to the operating system (a block above the mmap threshold is
 unmapped when freed, and the top of the heap is trimmed once more than the trim threshold is free there). A
 training or inference step frees its activations and allocates them again in the next step, so every step faults
-tens of megabytes of fresh pages in, page by page. On the 2-core EPYC of the README a ViT-Ti/16 bf16 forward at
-batch 32 took ~100k minor page faults and 270 ms per step with glibc's defaults, 0 faults and 165 ms with freed
-memory kept (benchmarks/cpu_table.py). Raising both thresholds keeps freed blocks in the heap for reuse: the
-resident size stays at the peak of one step instead of dropping between steps, the same trade PyTorch's CUDA
-caching allocator makes.
+tens of megabytes of fresh pages in, page by page. On the 2-core EPYC of the README a ViT-Ti/16 bf16 training
+step at batch 32 took 533 ms and ~72k minor page faults with glibc's defaults, 449 ms and none with freed memory
+kept (benchmarks/cpu_ablation.py; how much a given step faults depends on the heap's history, which also made
+ours-vs-HF ratios drift between runs). Raising both thresholds keeps freed blocks in the heap for reuse: the
+resident size stays near the peak of one step instead of dropping between steps (ViT-Ti training: max RSS +2%),
+the same trade PyTorch's CUDA caching allocator makes.
 """
 from __future__ import annotations
 

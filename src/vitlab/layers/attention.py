@@ -101,6 +101,6 @@ def _masked_softmax(scores: Tensor, attn_mask: Tensor | None) -> Tensor:
 
 def bf16_on_cpu(q: Tensor) -> bool:
     """bf16 on the CPU: the fused path computes softmax(QK^T)V as two bf16 GEMMs instead of the CPU flash kernel,
-    which is no faster in bf16 than in fp32 (ViT-Ti/16 at 224 here: training 1.4x, inference 1.35x faster).
-    The memory is then O(N^2) per head, as on the explicit path."""
+    which is no faster in bf16 than in fp32 (ViT-Ti/16 at 224 here: training 1.42x, inference 1.25x; ViT-B/16
+    inference 1.11x; benchmarks/cpu_ablation.py). The memory is then O(N^2) per head, as on the explicit path."""
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
