@@ -134,3 +134,30 @@ def test_bf16_cpu_fast_path_gradients_equal_the_explicit_path(mask):
     torch.testing.assert_close(o1, o2, rtol=0.02, atol=0.01)
     for a, b in ((gx1, gx2), (gw1, gw2)):
         assert ((a - b).norm() / b.norm()) < 0.02
+
+
+def test_packed_qkv_path_is_taken_only_where_it_is_the_same_function(monkeypatch):
+    """bf16 on a CPU without a mask: PackedQKVAttention (its own backward); with a mask, dropout on the weights in
+    training, or a subclass's own `attend`, the per-tensor path."""
+    import vitlab.layers.attention as A
+
+    calls = []
+    real = A.PackedQKVAttention.apply
+    monkeypatch.setattr(A.PackedQKVAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 16, 32)
+
+    def run(attn, mask=None):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attn(x, mask).float().sum().backward()
+        return len(calls)
+
+    assert run(Attention(32, 4)) == 1
+    assert run(Attention(32, 4), torch.ones(16, 16, dtype=torch.bool)) == 1
+    assert run(Attention(32, 4, attn_drop=0.1)) == 1
+    assert run(Attention(32, 4, attn_drop=0.1).eval()) == 2              # dropout is off at inference
+
+    class Halved(Attention):                   # a subclass with its own attention core
+        def attend(self, q, k, v, attn_mask=None):
+            return 0.5 * super().attend(q, k, v, attn_mask)
+
+    assert run(Halved(32, 4)) == 2

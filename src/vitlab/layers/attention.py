@@ -61,10 +61,19 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         B, N, C = x.shape                                                          # batch, tokens, channels
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                             # each (B, heads, N, head_dim)
-        x = self.attend(q, k, v, attn_mask)                                        # (B, heads, N, head_dim)
+        if attn_mask is None and self._packed_qkv_path(qkv):
+            x = PackedQKVAttention.apply(qkv, self.scale)                          # (B, heads, N, head_dim)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                         # each (B, heads, N, head_dim)
+            x = self.attend(q, k, v, attn_mask)                                    # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, C)                                     # (B, N, heads * head_dim)
         return self.proj_drop(self.proj(x))
+
+    def _packed_qkv_path(self, qkv: Tensor) -> bool:
+        """The bf16 CPU GEMM path of `attend`, taken on the packed q/k/v tensor (PackedQKVAttention) where that is
+        the same function: no mask, no dropout on the weights, `attend` not replaced by a subclass."""
+        return (self.fused and bf16_on_cpu(qkv) and type(self).attend is Attention.attend
+                and not (self.training and self.attn_drop.p > 0) and not torch.compiler.is_compiling())
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """The attention core on split heads: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d)."""
@@ -89,6 +98,38 @@ class Attention(nn.Module):
         weights = _masked_softmax(scores.view(B, h, Nq, Nk), attn_mask)            # (B, h, Nq, Nk)
         out = torch.bmm(self.attn_drop(weights).view(B * h, Nq, Nk).to(v3.dtype), v3)   # (B*h, Nq, dv)
         return out.view(B, h, Nq, dv)
+
+
+class PackedQKVAttention(torch.autograd.Function):
+    """softmax(scale q k^T) v straight from the q/k/v projection's output, qkv (B, N, 3, h, d) -> (B, h, N, d).
+
+    Attention._attend_gemm's function, with a backward of its own: it writes the q, k and v gradients into one
+    (3, B*h, N, d) buffer, scaled inside the GEMMs, where autograd would stack three separate tensors and scale two
+    of them in extra passes (ViT-Ti/16 bf16 training step here: 1.00-1.02x in four interleaved runs)."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, scale: float) -> Tensor:
+        B, N, _, h, d = qkv.shape
+        t = qkv.permute(2, 0, 3, 1, 4).reshape(3, B * h, N, d)                    # one copy: q, k, v stacked
+        q, k, v = t.unbind(0)                                                      # each (B*h, N, d)
+        weights = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0.0, alpha=scale).softmax(-1)
+        ctx.save_for_backward(t, weights)
+        ctx.scale = scale
+        return torch.bmm(weights, v).view(B, h, N, d)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        t, weights = ctx.saved_tensors                                             # (3, B*h, N, d), (B*h, N, N)
+        q, k, v = t.unbind(0)
+        B, h, N, d = grad.shape
+        grad = grad.reshape(B * h, N, d)
+        out = torch.empty_like(t)                                                  # d/dq, d/dk, d/dv
+        torch.bmm(weights.transpose(1, 2), grad, out=out[2])
+        dscores = torch._softmax_backward_data(torch.bmm(grad, v.transpose(1, 2)), weights, -1, weights.dtype)
+        zero = dscores.new_zeros(1, 1, 1)
+        torch.baddbmm(zero, dscores, k, beta=0.0, alpha=ctx.scale, out=out[0])
+        torch.baddbmm(zero, dscores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale, out=out[1])
+        return out.view(3, B, h, N, d).permute(1, 3, 0, 2, 4), None                # (B, N, 3, h, d)
 
 
 def _masked_softmax(scores: Tensor, attn_mask: Tensor | None) -> Tensor:
