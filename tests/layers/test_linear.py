@@ -111,3 +111,10 @@ def test_unfrozen_linear_keeps_no_packed_copy():
     with torch.no_grad(), autocast():
         layer(torch.randn(2, 8))
     assert id(layer.weight) not in L._PACKED
+
+
+def test_empty_batches_take_the_plain_path():
+    layer, mlp = L.Linear(4, 3), Mlp(4, 8).eval()
+    with torch.no_grad(), autocast():
+        assert layer(torch.randn(0, 4)).shape == (0, 3)
+        assert mlp(torch.randn(2, 0, 4)).shape == (2, 0, 4)

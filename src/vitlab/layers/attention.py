@@ -94,8 +94,7 @@ class Attention(nn.Module):
         B, h, Nq, d = q.shape
         Nk, dv = k.shape[-2], v.shape[-1]
         q3, k3, v3 = q.reshape(B * h, Nq, d), k.reshape(B * h, Nk, d), v.reshape(B * h, Nk, dv)  # copies views
-        scores = torch.baddbmm(q3.new_zeros(1, 1, 1), q3, k3.transpose(1, 2), beta=0.0, alpha=self.scale)
-        weights = _masked_softmax(scores.view(B, h, Nq, Nk), attn_mask)            # (B, h, Nq, Nk)
+        weights = _masked_softmax(_scaled_scores(q3, k3, self.scale).view(B, h, Nq, Nk), attn_mask)  # (B,h,Nq,Nk)
         out = torch.bmm(self.attn_drop(weights).view(B * h, Nq, Nk).to(v3.dtype), v3)   # (B*h, Nq, dv)
         return out.view(B, h, Nq, dv)
 
@@ -112,7 +111,7 @@ class PackedQKVAttention(torch.autograd.Function):
         B, N, _, h, d = qkv.shape
         t = qkv.permute(2, 0, 3, 1, 4).reshape(3, B * h, N, d)                    # one copy: q, k, v stacked
         q, k, v = t.unbind(0)                                                      # each (B*h, N, d)
-        weights = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0.0, alpha=scale).softmax(-1)
+        weights = _scaled_scores(q, k, scale).softmax(-1)                          # (B*h, N, N)
         ctx.save_for_backward(t, weights)
         ctx.scale = scale
         return torch.bmm(weights, v).view(B, h, N, d)
@@ -130,6 +129,11 @@ class PackedQKVAttention(torch.autograd.Function):
         torch.baddbmm(zero, dscores, k, beta=0.0, alpha=ctx.scale, out=out[0])
         torch.baddbmm(zero, dscores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale, out=out[1])
         return out.view(3, B, h, N, d).permute(1, 3, 0, 2, 4), None                # (B, N, 3, h, d)
+
+
+def _scaled_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """scale * q k^T as one batched GEMM with the scale inside it: q (b, Nq, d), k (b, Nk, d) -> (b, Nq, Nk)."""
+    return torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0.0, alpha=scale)
 
 
 def _masked_softmax(scores: Tensor, attn_mask: Tensor | None) -> Tensor:

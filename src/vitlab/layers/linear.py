@@ -49,7 +49,7 @@ def cpu_bf16(x: Tensor) -> torch.dtype | None:
     """torch.bfloat16 if `x` is bound for a bf16 GEMM on a CPU that oneDNN can run (bf16 autocast on, or a bf16
     tensor), else None: the caller then takes the plain path. Under torch.compile always None: Inductor makes
     its own oneDNN calls, with fusions of its own, from the plain graph."""
-    if torch.compiler.is_compiling() or x.device.type != "cpu" or not _onednn_bf16():
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() == 0 or not _onednn_bf16():
         return None
     if torch.is_autocast_enabled("cpu"):
         return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
