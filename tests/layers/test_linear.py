@@ -45,17 +45,55 @@ def test_bf16_inference_path_equals_addmm_and_training_stays_plain(spy, bias):
     assert spy == ["none"] and x.grad is not None and fast.weight.grad is not None
 
 
-def test_bf16_tensors_without_autocast_and_fp32_stays_plain(spy):
+def test_fp32_and_bf16_tensors_without_autocast_take_onednn_at_inference(spy):
     torch.manual_seed(0)
     layer = L.Linear(16, 8)
     x = torch.randn(5, 16)
-    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
-    assert spy == []                                              # fp32: nn.Linear unchanged
+    with torch.no_grad():
+        out = layer(x)
+    assert spy == ["none"] and out.dtype == torch.float32
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
     layer = layer.to(torch.bfloat16)
     with torch.no_grad():
         out = layer(x.bfloat16())
-    assert spy == ["none"] and out.dtype == torch.bfloat16
+    assert spy == ["none", "none"] and out.dtype == torch.bfloat16
     torch.testing.assert_close(out, F.linear(x.bfloat16(), layer.weight, layer.bias), rtol=0.02, atol=1e-2)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_training_path_equals_addmm_forward_and_gradients(monkeypatch, bias):
+    calls = []
+    real = L._OneDNNLinear.apply
+    monkeypatch.setattr(L._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    fast, plain = L.Linear(48, 80, bias=bias), nn.Linear(48, 80, bias=bias)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 70, 48)
+    results = []
+    for layer in (fast, plain):
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        out.sin().sum().backward()
+        results.append([out, xi.grad] + [p.grad for p in layer.parameters()])
+    assert calls == [1]                                           # the fast layer's own autograd function
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        fast.weight.requires_grad_(False)
+    xi = x.clone().requires_grad_()
+    fast(xi).sum().backward()                                     # a frozen weight: only dx is computed
+    assert fast.weight.grad is not None and xi.grad is not None
+
+
+def test_plain_path_under_tracing_and_off_the_cpu(spy):
+    layer = L.Linear(6, 4)
+    graph = str(torch.jit.trace(layer, torch.randn(2, 6), check_trace=False).graph)
+    assert "aten::linear" in graph and "mkldnn" not in graph and spy == []   # traced/exported graphs stay plain
+    with torch.device("meta"):
+        meta = L.Linear(6, 4)
+    with torch.no_grad():
+        assert meta(torch.randn(2, 6, device="meta")).shape == (2, 4)
+    assert spy == []
 
 
 def test_mlp_inference_fuses_gelu_and_equals_the_plain_path(spy):

@@ -1,17 +1,22 @@
-"""nn.Linear with a bf16 CPU inference path.
+"""nn.Linear whose CPU GEMMs run in oneDNN.
 
-Eager `F.linear` with a bias runs addmm, which first copies the bias into every row of the output and then
-accumulates the GEMM onto it: for ViT-Ti's fc1 at batch 32 (6304 x 768 outputs) that copy is a quarter of the
-layer's time. oneDNN's linear adds the bias in the GEMM's epilogue instead (and can apply GELU there too, see
-Mlp). Under bf16 on a CPU (bf16 autocast, or bf16 tensors) without autograd, `Linear` takes that path (ViT-Ti/16
-bf16 inference 1.13x, ViT-B/16 1.12x: benchmarks/cpu_ablation.py); elsewhere (fp32, training, CUDA, no oneDNN) it
-is nn.Linear unchanged. A training version (the same epilogue, addmm's three products as the backward) measured
-1.00x on a ViT-Ti training step and was left out. Parameters, state-dict keys and initialisation are nn.Linear's.
+On the CPU, PyTorch sends fp32 matmuls to MKL, which on the AMD EPYC of the README reaches ~220 GFLOP/s, while
+oneDNN's own fp32 kernels (the ones PyTorch already uses for bf16) reach 430-540 GFLOP/s on the same shapes (ViT-Ti
+fc1 at batch 32: 8.3 ms vs 3.5 ms). Eager `F.linear` with a bias also copies the bias into every output row before
+the GEMM (a quarter of fc1's time in bf16); oneDNN adds it in the GEMM's epilogue, and `Mlp` puts GELU there too at
+inference. So on a CPU with oneDNN, `Linear` runs
+- inference (no autograd), fp32 or bf16 (autocast or bf16 tensors): one oneDNN call;
+- fp32 training: the oneDNN forward, and a backward of the same three products as addmm's (dx = dy W in oneDNN,
+  dW = dy^T x, db = row sum of dy);
+- bf16 training: nn.Linear (its GEMMs are oneDNN already; a oneDNN version measured 1.00x);
+and everywhere else (CUDA, fp16, torch.compile / export tracing, no oneDNN) nn.Linear unchanged. Results equal the
+plain path to the rounding of a different summation order. Parameters, state-dict keys and initialisation are
+nn.Linear's.
 
-`freeze_for_inference(model)` (vitlab predict, eval and bench call it) lets each Linear keep its bf16 weight in
-oneDNN's blocked layout between calls, packed once instead of reordered inside every GEMM (ViT-Ti/16 and
-ViT-B/16 bf16 inference 1.04-1.05x). The packed copy follows in-place updates made through the parameter (they bump
-its version) and moves; writes through `.data` bypass the version counter: call freeze_for_inference again.
+`freeze_for_inference(model)` (vitlab predict, eval and bench call it) lets each Linear keep its weight in oneDNN's
+blocked layout between calls, packed once instead of reordered inside every GEMM (ViT-Ti/16 and ViT-B/16 bf16
+inference 1.04-1.15x). The packed copy follows in-place updates made through the parameter (they bump its
+version) and moves; writes through `.data` bypass the version counter: call freeze_for_inference again.
 """
 from __future__ import annotations
 
@@ -24,15 +29,21 @@ from torch import Tensor
 
 
 class Linear(nn.Linear):
-    """nn.Linear; x (..., in_features) -> (..., out_features). See the module docstring for the bf16 CPU path."""
+    """nn.Linear; x (..., in_features) -> (..., out_features). See the module docstring for the oneDNN paths."""
 
-    frozen = False           # freeze_for_inference: keep the packed bf16 weight between inference calls
+    frozen = False           # freeze_for_inference: keep the packed weight between inference calls
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = None if torch.is_grad_enabled() else cpu_bf16(x)
+        dtype = onednn_dtype(x, self.weight)
         if dtype is None:
             return F.linear(x, self.weight, self.bias)
-        return onednn_linear(x, self.weight, self.bias, dtype, pack=self.frozen)
+        if not torch.is_grad_enabled():
+            return onednn_linear(x, self.weight, self.bias, dtype, pack=self.frozen)
+        if dtype != torch.float32:
+            return F.linear(x, self.weight, self.bias)
+        shape = x.shape
+        out = _OneDNNLinear.apply(x.reshape(-1, shape[-1]), self.weight, self.bias)     # (rows, out)
+        return out.reshape(*shape[:-1], -1)
 
 
 def freeze_for_inference(model: nn.Module, frozen: bool = True) -> nn.Module:
@@ -45,15 +56,20 @@ def freeze_for_inference(model: nn.Module, frozen: bool = True) -> nn.Module:
     return model
 
 
-def cpu_bf16(x: Tensor) -> torch.dtype | None:
-    """torch.bfloat16 if `x` is bound for a bf16 GEMM on a CPU that oneDNN can run (bf16 autocast on, or a bf16
-    tensor), else None: the caller then takes the plain path. Under torch.compile always None: Inductor makes
-    its own oneDNN calls, with fusions of its own, from the plain graph."""
-    if torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() == 0 or not _onednn_bf16():
+def onednn_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
+    """The dtype a GEMM of `x` with `weight` runs in on a CPU, if oneDNN runs it here: bf16 under bf16 autocast or
+    for bf16 tensors (where the CPU has bf16), fp32 for fp32 tensors without autocast; else None and the caller
+    takes the plain path. Always None while torch.compile, torch.export, ONNX export or the JIT trace: they get the
+    plain graph (Inductor makes its own oneDNN calls from it)."""
+    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export() or x.device.type != "cpu" or x.numel() == 0 or not _onednn()):
         return None
     if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
-    return torch.bfloat16 if x.dtype == torch.bfloat16 else None
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return torch.bfloat16 if bf16 and _onednn_bf16() else None
+    if x.dtype == weight.dtype == torch.bfloat16:
+        return torch.bfloat16 if _onednn_bf16() else None
+    return torch.float32 if x.dtype == weight.dtype == torch.float32 else None
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, act: str = "none",
@@ -88,12 +104,41 @@ def packed_weight(weight: Tensor, dtype: torch.dtype, rows: int) -> Tensor:
     return hit[1]
 
 
+class _OneDNNLinear(torch.autograd.Function):
+    """fp32 y = x W^T + b, x (rows, in): the forward and dx = dy W in oneDNN (dy times the transposed weight, a
+    small copy), dW = dy^T x and db = the row sum of dy as addmm's backward computes them."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad = grad.contiguous()
+        dx = torch.ops.mkldnn._linear_pointwise(grad, weight.t().contiguous(), None, "none", [], "") \
+            if need_x else None                                                       # (rows, in)
+        dw = torch.ops.mkldnn._linear_pointwise(grad.t(), x.t(), None, "none", [], "") if need_w else None
+        db = grad.sum(0) if ctx.has_bias and need_b else None
+        return dx, dw, db
+
+
+_ONEDNN: bool | None = None
 _ONEDNN_BF16: bool | None = None
+
+
+def _onednn() -> bool:
+    global _ONEDNN
+    if _ONEDNN is None:
+        _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _ONEDNN
 
 
 def _onednn_bf16() -> bool:
     global _ONEDNN_BF16
     if _ONEDNN_BF16 is None:
-        _ONEDNN_BF16 = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-                        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+        _ONEDNN_BF16 = _onednn() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return _ONEDNN_BF16

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .linear import Linear, cpu_bf16, onednn_linear
+from .linear import Linear, onednn_dtype, onednn_linear
 
 
 class Mlp(nn.Module):
@@ -22,8 +22,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training and not torch.is_grad_enabled() and isinstance(self.act, nn.GELU):
-            dtype = cpu_bf16(x)
-            if dtype is not None:     # bf16 CPU inference: GELU (and fc1's bias) in fc1's GEMM epilogue
+            dtype = onednn_dtype(x, self.fc1.weight)
+            if dtype is not None:     # CPU inference: GELU (and fc1's bias) in fc1's GEMM epilogue
                 h = onednn_linear(x, self.fc1.weight, self.fc1.bias, dtype, "gelu", self.act.approximate,
                                   pack=self.fc1.frozen)
                 return self.fc2(h)
