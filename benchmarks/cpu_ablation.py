@@ -6,12 +6,13 @@
 
 Part 1, in one process, interleaved (full, without piece A, full, without piece B, ...): our model with everything
 on against the same model with one piece switched off for its own steps only:
-  - oneDNN Linear (inference): bias and GELU in the GEMM epilogue -> plain addmm + separate GELU;
+  - oneDNN Linear: fp32 GEMMs in oneDNN instead of MKL (inference and training), at inference bias and GELU in
+    the GEMM epilogue -> plain F.linear (addmm) + separate GELU;
   - packed weights (inference, freeze_for_inference) -> weights reordered inside every GEMM;
   - bf16 GEMM attention -> the CPU SDPA kernel on bf16 (what HF runs).
 Part 2, in two fresh processes (the allocator setting is process-wide): glibc's defaults vs freed memory kept for
 reuse (vitlab.runtime.keep_freed_memory), ms per step and minor page faults per step.
-Batch 32, bf16 autocast, 2 threads, OMP_WAIT_POLICY=PASSIVE (see cpu_table.py).
+Batch 32, fp32 and bf16 autocast, 2 threads, OMP_WAIT_POLICY=PASSIVE (see cpu_table.py).
 """
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ HERE = Path(__file__).resolve().parent
 def without(piece: str, model: torch.nn.Module):
     """Switch one piece off for the duration of one step."""
     if piece == "onednn_linear":
-        saved, linear._ONEDNN_BF16 = linear._ONEDNN_BF16, False
+        saved, linear._ONEDNN = linear._ONEDNN, False
         try:
             yield
         finally:
-            linear._ONEDNN_BF16 = saved
+            linear._ONEDNN = saved
     elif piece == "packed_weights":
         freeze_for_inference(model, False)
         try:
@@ -65,10 +66,11 @@ def without(piece: str, model: torch.nn.Module):
         raise ValueError(piece)
 
 
-def ablate(name: str, mode: str, repeats: int) -> dict:
-    # the oneDNN Linear and packed weights are inference paths (a training version measured 1.00x: left out)
-    pieces = ["onednn_linear", "gemm_attention", "packed_weights"] if mode == "infer" else ["gemm_attention"]
-    cfg = BenchConfig(name, mode=mode, precision="bf16", num_classes=100)
+def ablate(name: str, mode: str, precision: str, repeats: int) -> dict:
+    pieces = ["onednn_linear"] if mode == "infer" or precision == "fp32" else []   # bf16 training: nn.Linear
+    pieces += ["gemm_attention"] if precision == "bf16" else []                     # fp32 attention: SDPA
+    pieces += ["packed_weights"] if mode == "infer" else []
+    cfg = BenchConfig(name, mode=mode, precision=precision, num_classes=100)
     x = torch.randn(32, 3, 224, 224)
     y = torch.randint(0, 100, (32,))
     steps = {}
@@ -85,7 +87,7 @@ def ablate(name: str, mode: str, repeats: int) -> dict:
             steps["without " + variant] = off
     seconds = time_interleaved(steps, warmup=2, repeats=repeats)
     ms = {k: 1e3 * statistics.median(v) for k, v in seconds.items()}
-    return {"model": name, "mode": mode, "ms": ms,
+    return {"model": name, "mode": mode, "precision": precision, "ms": ms,
             "speedup": {k: ms[k] / ms["full"] for k in ms if k != "full"}}
 
 
@@ -129,14 +131,14 @@ def malloc_effect(threads: int, repeats: int) -> dict:
 
 
 def render(results: dict) -> str:
-    lines = ["Ours with everything on vs the same model with one piece off (ViT bf16 autocast, batch 32, "
+    lines = ["Ours with everything on vs the same model with one piece off (batch 32, "
              f"{results['threads']} threads, interleaved in one process; >1.00x: the piece makes ours faster):", "",
-             "| model | mode | full (ms/batch) | piece switched off | ms/batch | the piece buys |",
-             "|---|---|---:|---|---:|---:|"]
+             "| model | mode | precision | full (ms/batch) | piece switched off | ms/batch | the piece buys |",
+             "|---|---|---|---:|---|---:|---:|"]
     for r in results["ablation"]:
         for k, s in r["speedup"].items():
-            lines.append(f"| {r['model']} | {r['mode']} | {r['ms']['full']:.0f} | {k.removeprefix('without ')} | "
-                         f"{r['ms'][k]:.0f} | {s:.2f}x |")
+            lines.append(f"| {r['model']} | {r['mode']} | {r['precision']} | {r['ms']['full']:.0f} | "
+                         f"{k.removeprefix('without ')} | {r['ms'][k]:.0f} | {s:.2f}x |")
     m = results["malloc"]
     lines += ["", "glibc malloc, ViT-Ti/16 bf16 batch 32, fresh processes (median ms and minor page faults per "
               "step):", "", "| step | glibc defaults | freed memory kept | speed-up |", "|---|---:|---:|---:|"]
@@ -161,13 +163,15 @@ def main() -> None:
     keep_freed_memory()
     t0 = time.perf_counter()
     repeats = 3 if args.quick else 9
-    cases = [("vit_tiny_patch16_224", "train"), ("vit_tiny_patch16_224", "infer")]
+    ti, b = "vit_tiny_patch16_224", "vit_base_patch16_224"
+    cases = [(ti, "train", "fp32"), (ti, "infer", "fp32"), (ti, "train", "bf16"), (ti, "infer", "bf16")]
     if not args.quick:
-        cases.append(("vit_base_patch16_224", "infer"))
+        cases.append((b, "infer", "bf16"))
     results = {"command": " ".join(["python benchmarks/cpu_ablation.py"] + sys.argv[1:]), "threads": args.threads,
                "torch": torch.__version__, "ablation": []}
-    for name, mode in cases:
-        results["ablation"].append(ablate(name, mode, repeats if name.startswith("vit_tiny") else max(3, repeats // 2)))
+    for name, mode, precision in cases:
+        n = repeats if name == ti and not (mode == "train" and precision == "fp32") else max(3, repeats // 2)
+        results["ablation"].append(ablate(name, mode, precision, n))
         print(results["ablation"][-1], flush=True)
     results["malloc"] = malloc_effect(args.threads, repeats)
     results["wall_s"] = time.perf_counter() - t0
