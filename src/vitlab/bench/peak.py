@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from ..layers.linear import onednn_available
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -37,8 +39,7 @@ def matmul_peak(dtype: str = "fp32", device: torch.device | str = "cpu", n: int 
     a = torch.randn(n, n, device=device).to(DTYPES[dtype])
     b = torch.randn(n, n, device=device).to(DTYPES[dtype])
     kernels = [lambda: torch.mm(a, b)]
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                                 "_linear_pointwise"):
+    if device.type == "cpu" and onednn_available():
         with torch.no_grad():
             packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
         kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))

@@ -35,15 +35,13 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = onednn_dtype(x, self.weight)
-        if dtype is None:
-            return F.linear(x, self.weight, self.bias)
-        if not torch.is_grad_enabled():
+        if dtype is not None and not torch.is_grad_enabled():
             return onednn_linear(x, self.weight, self.bias, dtype, pack=self.frozen)
-        if dtype != torch.float32:
-            return F.linear(x, self.weight, self.bias)
-        shape = x.shape
-        out = _OneDNNLinear.apply(x.reshape(-1, shape[-1]), self.weight, self.bias)     # (rows, out)
-        return out.reshape(*shape[:-1], -1)
+        if dtype == torch.float32:                       # fp32 training; bf16 training stays on F.linear
+            shape = x.shape
+            out = _OneDNNLinear.apply(x.reshape(-1, shape[-1]), self.weight, self.bias)  # (rows, out)
+            return out.reshape(*shape[:-1], -1)
+        return F.linear(x, self.weight, self.bias)
 
 
 def freeze_for_inference(model: nn.Module, frozen: bool = True) -> nn.Module:
@@ -62,7 +60,8 @@ def onednn_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
     takes the plain path. Always None while torch.compile, torch.export, ONNX export or the JIT trace: they get the
     plain graph (Inductor makes its own oneDNN calls from it)."""
     if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export() or x.device.type != "cpu" or x.numel() == 0 or not _onednn()):
+            or torch.onnx.is_in_onnx_export() or x.device.type != "cpu" or x.numel() == 0
+            or not onednn_available()):
         return None
     if torch.is_autocast_enabled("cpu"):
         bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -130,7 +129,8 @@ _ONEDNN: bool | None = None
 _ONEDNN_BF16: bool | None = None
 
 
-def _onednn() -> bool:
+def onednn_available() -> bool:
+    """Whether this torch build can run oneDNN's linear (torch.ops.mkldnn._linear_pointwise) on the CPU."""
     global _ONEDNN
     if _ONEDNN is None:
         _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -140,5 +140,5 @@ def _onednn() -> bool:
 def _onednn_bf16() -> bool:
     global _ONEDNN_BF16
     if _ONEDNN_BF16 is None:
-        _ONEDNN_BF16 = _onednn() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        _ONEDNN_BF16 = onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return _ONEDNN_BF16
