@@ -73,7 +73,7 @@ class Predictor:
     @torch.no_grad()
     def logits(self, images: Tensor) -> Tensor:
         """uint8 (B, 3, S, S) -> logits (B, num_classes)."""
-        from .train.trainer import autocast
+        from .runtime import autocast
 
         self.model.eval()
         with autocast(self.device, self.precision):

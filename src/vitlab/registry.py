@@ -17,15 +17,28 @@ import torch.nn as nn
 from .errors import VitlabError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}          # model name -> the task it is trained and evaluated for (vitlab.tasks)
 _loaded = False
+DEFAULT_TASK = "classification"
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register a variant function under its own name."""
-    if fn.__name__ in _MODELS and _MODELS[fn.__name__] is not fn:
-        raise RuntimeError(f"model {fn.__name__!r} registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, task: str = DEFAULT_TASK) -> Any:
+    """Decorator: register a variant function under its own name, for `task` (vitlab.tasks; the CLI needs no
+    --task flag). `@register_model` registers a classifier; `@register_model(task="detection")` a detector."""
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if fn.__name__ in _MODELS and _MODELS[fn.__name__] is not fn:
+            raise RuntimeError(f"model {fn.__name__!r} registered twice")
+        _MODELS[fn.__name__] = fn
+        _TASKS[fn.__name__] = task
+        return fn
+
+    return register(fn) if fn is not None else register
+
+
+def model_task(name: str) -> str:
+    """The task a registered model declares ("classification", "detection", ...)."""
+    model_entrypoint(name)             # unknown names raise the usual one-line error
+    return _TASKS[name]
 
 
 def _load_model_modules() -> None:
@@ -84,3 +97,19 @@ def create_model(
     model.vitlab_name = name
     model.vitlab_args = args
     return model
+
+
+def default_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The configuration a variant builds with (its `cfg` dataclass as a dict: img_size, drop_path_rate, ...),
+    read off a model built on the meta device (no memory, no initialisation); {} for a model without a cfg."""
+    import dataclasses
+
+    import torch
+
+    with torch.device("meta"):
+        try:
+            model = model_entrypoint(name)(**overrides)
+        except TypeError as e:               # an override the variant does not take
+            raise VitlabError(f"{name}: {e}") from None
+    cfg = getattr(model, "cfg", None)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}

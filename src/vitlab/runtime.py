@@ -63,3 +63,46 @@ def _apply() -> bool:
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     log.debug("glibc malloc: keep freed memory for reuse: %s", ok)
     return ok
+
+
+# --- devices and precision: used by training, evaluation, prediction and the benchmarks alike --------------------
+def resolve_device(name: str) -> "torch.device":
+    """"auto" -> cuda when available, else cpu; "cuda" without a GPU and unknown names raise VitlabError."""
+    import torch
+
+    from .errors import VitlabError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VitlabError("--device cuda: no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise VitlabError(f"unknown device {name!r}") from None
+
+
+def resolve_precision(name: str, device: "torch.device") -> str:
+    """"auto" -> bf16 on a CUDA device that has it, else fp32; fp32, bf16 and fp16 pass through."""
+    import torch
+
+    from .errors import VitlabError
+
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise VitlabError(f"--precision must be fp32, bf16 or auto, got {name!r}")
+    return name
+
+
+def autocast(device: "torch.device", precision: str) -> "contextlib.AbstractContextManager":
+    """torch.autocast for bf16/fp16 on `device` (the CPU included); a no-op context for fp32."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()

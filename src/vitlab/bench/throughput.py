@@ -197,7 +197,7 @@ def timm_reference(ours: nn.Module) -> nn.Module:
 
 # --- one step ----------------------------------------------------------------------------------------------------
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    from ..train.trainer import autocast as train_autocast
+    from ..runtime import autocast as train_autocast
 
     return train_autocast(device, precision)
 

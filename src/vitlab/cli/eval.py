@@ -18,30 +18,38 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_size: int = 256,
-                        device: str = "auto", precision: str = "fp32") -> dict:
-    from ..data import batches, build_data
+                        device: str = "auto", precision: str = "fp32", seed: int = 0) -> dict:
+    """The checkpoint's task metrics (classification: top-1/top-5/loss; detection: COCO mAP) on one split."""
     from ..errors import VitlabError
     from ..predict import Predictor
-    from ..train.run import resolve_device
-    from ..train.trainer import evaluate
+    from ..runtime import resolve_device
+    from ..tasks import task_of
+    from ..train.run import TrainConfig
 
+    if batch_size < 1:
+        raise VitlabError(f"--batch-size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
     pred = Predictor.load(checkpoint, dev, precision=precision)
-    bundle = build_data(data, pred.image_size)
+    task = task_of(pred.model)
+    bundle = task.build_data(TrainConfig(model=pred.info()["model"], data=data, seed=seed), pred.image_size)
     if len(bundle.classes) != len(pred.classes):
         raise VitlabError(f"{data} has {len(bundle.classes)} classes but the checkpoint {len(pred.classes)}")
     split_set = bundle.val if split == "val" else bundle.train
-    r = evaluate(pred.model, batches(split_set, batch_size, shuffle=False), pred.normalize, len(pred.classes), dev,
-                 precision)
-    return {"val_top1": r["val_top1"], "val_top5": r["val_top5"], "val_loss": r["val_loss"],
-            "images": r["val_images"], "skipped_images": len(bundle.skipped)}
+    r = task.evaluate(pred.model, split_set, dev, precision, batch_size=batch_size)
+    return {"task": task.name, **{k: r[k] for k in task.epoch_metrics if k in r}, "images": len(split_set),
+            "skipped_images": len(bundle.skipped), **({"summary": r["summary"]} if "summary" in r else {})}
 
 
 def run(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device, args.precision)
     if args.json:
         print(json.dumps(m, indent=2))
-    else:
+    elif m["task"] == "classification":
         print(f"top-1 {m['val_top1']:.2f}%  top-5 {m['val_top5']:.2f}%  loss {m['val_loss']:.4f}  "
               f"({m['images']} images, {m['skipped_images']} skipped)")
+    else:
+        if "summary" in m:
+            print(m["summary"].rstrip())
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_"))
+        print(f"{shown}  ({m['images']} images, {m['skipped_images']} skipped)")
     return 0

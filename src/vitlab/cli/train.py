@@ -66,17 +66,10 @@ def _parse_value(text: str) -> object:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from ..errors import VitlabError
-    from ..train.run import load_run_config
+    from ..train.run import load_run_config, resolve_model_name
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
-    if args.resume:
-        fixed = sorted(set(given) - _RESUME_OPTIONS) + (["attention"] if args.attention else []) \
-            + (["model-arg"] if args.model_arg else [])
-        if fixed:
-            raise VitlabError(f"--resume continues a run with its own settings; cannot change: {', '.join(fixed)}")
-        return load_run_config(args.resume, **given)
-    values = {**{f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}, **given}
     model_args = {}
     for item in args.model_arg:
         if "=" not in item:
@@ -85,10 +78,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_args[key] = _parse_value(value)
     if args.attention:
         model_args["attention"] = args.attention
+    if args.resume:
+        return _resumed_config(load_run_config(args.resume), given, model_args, args.out)
+    values = {**{f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}, **given}
     values["model_args"] = model_args
-    data_name = values["data"].rstrip("/").split("/")[-1] or "data"
-    values["out"] = args.out or f"runs/{values['model']}-{data_name}"
-    return TrainConfig(**values)
+    values["out"] = args.out or "runs/train"
+    cfg = resolve_model_name(TrainConfig(**values))
+    if not args.out:
+        data_name = cfg.data.rstrip("/").split("/")[-1] or "data"
+        cfg.out = f"runs/{cfg.model}-{data_name}"
+    return cfg
+
+
+def _resumed_config(run: TrainConfig, given: dict, model_args: dict, out: str | None) -> TrainConfig:
+    """The run's own config with the options that may change (--epochs, --device, ...) applied. Repeating the
+    original command is fine: a value equal to the run's is no change; a real change is refused, naming the old
+    and the new value."""
+    from pathlib import Path
+
+    from ..errors import VitlabError
+
+    changed = [f"--{k.replace('_', '-')} {getattr(run, k)!r} -> {v!r}" for k, v in sorted(given.items())
+               if k not in _RESUME_OPTIONS and getattr(run, k) != v]
+    if model_args and {**run.model_args, **model_args} != run.model_args:
+        changed.append(f"--model-arg {run.model_args!r} -> {model_args!r}")
+    if out is not None and Path(out).resolve() != Path(run.out).resolve():
+        changed.append(f"--out {run.out!r} -> {out!r}")
+    if changed:
+        raise VitlabError("--resume continues a run with its own settings; these differ from the run's: "
+                          + "; ".join(changed))
+    return TrainConfig.from_dict({**vars(run), **{k: v for k, v in given.items() if k in _RESUME_OPTIONS}})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
     cleanup()                    # under torchrun: leave the process group together
     if not env_info().is_main:   # rank 0 reports
         return 0
-    ref = f"  (reference: scikit-learn SVC(gamma=0.001) {m['reference_svc_top1']:.2f}%)" \
-        if "reference_svc_top1" in m else ""
-    print(f"{m['model']} on {m['data']}: val top-1 {m['val_top1']:.2f}%  top-5 {m['val_top5']:.2f}%{ref}")
+    from ..tasks import get_task
+
+    print(f"{m['model']} on {m['data']}: {get_task(m['task']).summary(m)}")
     print(f"{m['epochs']} epochs, {m['train_images_per_s']:.0f} train images/s, {m['wall_time_s']:.0f} s, "
           f"{m['skipped_images']} skipped images; run directory: {cfg.out}")
     return 0

@@ -168,7 +168,9 @@ def _bundle(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, 
                             .contiguous())
         return ImageSet(classes, y, image_size, arrays=x)
 
-    return DataBundle(train=make(train_x, train_y), val=make(test_x, test_y), classes=list(classes), name=name)
+    digits = [str(d) for d in range(10)]
+    return DataBundle(train=make(train_x, train_y), val=make(test_x, test_y), classes=list(classes), name=name,
+                      mirror_safe=list(classes) != digits)      # MNIST's digits are not mirror-symmetric
 
 
 def _subdirs(folder: Path) -> list[Path]:

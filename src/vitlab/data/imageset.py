@@ -1,7 +1,7 @@
 """ImageSet: a labelled set of images held in memory as one uint8 tensor, or decoded lazily item by item."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +89,8 @@ class DataBundle:
     val: ImageSet
     classes: list[str]
     name: str  # "digits", "shapes", or the path given
+    mirror_safe: bool = True   # a horizontal flip keeps the class (not for digits: a mirrored 2 is not a 2)
+    references: Callable[[], dict[str, float]] | None = None   # metrics of a baseline on the same split
 
     @property
     def skipped(self) -> list[str]:

@@ -11,17 +11,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Loss (train, val) and validation top-1 per epoch."""
+def plot_curves(history: list[dict[str, Any]], path: str | Path, metrics: tuple[str, ...] = ("val_top1",),
+                primary: str = "val_top1") -> Path:
+    """Left: the training loss, each named part of it (`train_<part>`) and the validation loss when there is
+    one, per epoch. Right: the task's validation metrics (percent for accuracy, 0-1 for AP), `primary` bold."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [h["val_top1"] for h in history], label="top-1", color="C2")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy", ylim=(0, 100))
-    ax_acc.grid(alpha=0.3)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (total)", color="black")
+    parts = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith("train_")
+             and k not in ("train_loss",)]
+    for k in parts:
+        ax_loss.plot(epochs, [h.get(k, float("nan")) for h in history], label=k[len("train_"):], lw=1)
+    if all("val_loss" in h for h in history):
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation", color="C3")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss and its named parts")
+    ax_loss.legend(fontsize=8)
+    shown = [m for m in metrics if m != "val_loss" and all(m in h for h in history)]
+    for i, m in enumerate(shown):
+        ax_metric.plot(epochs, [h[m] for h in history], label=m, color=f"C{i + 2}",
+                       lw=2.5 if m == primary else 1.2)
+    percent = primary in ("val_top1", "val_top5")
+    ax_metric.set(xlabel="epoch", ylabel="percent" if percent else "value", title="Validation",
+                  ylim=(0, 100) if percent else (0, 1))
+    ax_metric.grid(alpha=0.3)
+    if shown:
+        ax_metric.legend(fontsize=8)
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

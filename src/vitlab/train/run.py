@@ -12,7 +12,7 @@ import logging
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,18 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights, model_config, read_config, read_weights, \
     save_weights
-from ..data import build_data, batches, num_batches
-from ..data.augment import AugmentConfig, BatchAugment, Normalize
 from ..errors import VitlabError
 from ..io import write_json, write_text
-from ..registry import create_model
+from ..registry import create_model, default_config
 from .distributed import DistInfo, barrier, full_optimizer_state, full_state_dict, init_distributed, per_rank_batch, \
     process_device, unwrap, wrap_model
+from ..runtime import resolve_device, resolve_precision
+from ..tasks import Task, task_for_model
 from .ema import ModelEMA
-from .objectives import ClassificationObjective, DistillationObjective
 from .optim import build_optimizer, warmup_cosine
-from .report import plot_confusion, plot_curves, plot_rollout
+from .report import plot_curves
 from .state import STATE_NAME, load_state, rng_state, save_state, set_rng_state
-from .trainer import Progress, Trainer, evaluate
+from .trainer import Progress, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ DEFAULT_MODEL = "vit_micro_patch2_8"
 
 @dataclass
 class TrainConfig:
-    model: str = DEFAULT_MODEL          # registered model name
+    model: str | None = None            # registered model name; None: the checkpoint's, else DEFAULT_MODEL
     data: str = "digits"                # data spec: digits, shapes, or a path (ImageFolder, CIFAR, MNIST idx)
     out: str = "runs/train"             # run directory
     epochs: int = 100                   # epochs the schedule spans
@@ -85,25 +84,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VitlabError("--device cuda: no CUDA device is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise VitlabError(f"unknown device {name!r}") from None
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise VitlabError(f"--precision must be fp32, bf16 or auto, got {name!r}")
-    return name
-
-
 def prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     out = Path(cfg.out)
     taken = [p for p in (WEIGHTS_NAME, STATE_NAME) if (out / p).exists()]
@@ -127,49 +107,49 @@ def load_run_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
                                   "out": str(run_dir)})
 
 
-def _model_image_size(cfg: TrainConfig) -> int:
-    if cfg.img_size:
-        return cfg.img_size
+def resolve_model_name(cfg: TrainConfig) -> TrainConfig:
+    """cfg with `model` filled in: the one given, else the checkpoint's architecture (fine-tuning), else the
+    main job's model."""
+    if cfg.model:
+        return cfg
+    name = DEFAULT_MODEL
     if cfg.checkpoint:
         from ..convert import read_checkpoint
 
-        args = read_checkpoint(cfg.checkpoint).model_args
-        if args.get("img_size"):
-            s = args["img_size"]
-            return s if isinstance(s, int) else s[0]
-    with torch.device("meta"):
-        model = _create(cfg.model, dict(cfg.model_args))
-    size = getattr(getattr(model, "cfg", None), "img_size", None)
+        name = read_checkpoint(cfg.checkpoint).model
+    return replace(cfg, model=name)
+
+
+def model_image_size(cfg: TrainConfig) -> int:
+    """The input side the data is prepared at: --img-size, else the checkpoint's, else the variant's."""
+    if cfg.img_size:
+        return cfg.img_size
+    size = None
+    if cfg.checkpoint:
+        from ..convert import read_checkpoint
+
+        size = read_checkpoint(cfg.checkpoint).model_args.get("img_size")
+    size = size or default_config(cfg.model, **cfg.model_args).get("img_size")
     if size is None:
         raise VitlabError(f"{cfg.model} has no default input size; pass --img-size")
     return size if isinstance(size, int) else size[0]
 
 
-def _create(name: str, args: dict[str, Any]) -> torch.nn.Module:
-    try:
-        return create_model(name, **args)
-    except TypeError as e:   # an override the model does not take
-        raise VitlabError(f"{name}: {e}") from None
-
-
-def _takes_drop_path(name: str, args: dict[str, Any]) -> bool:
-    with torch.device("meta"):
-        cfg = getattr(_create(name, args), "cfg", None)
-    return cfg is not None and hasattr(cfg, "drop_path_rate")
-
-
 def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> torch.nn.Module:
+    """The model to train: fresh, or the --checkpoint's weights adapted to num_classes and image_size."""
     args = dict(cfg.model_args)
-    if cfg.drop_path is not None and _takes_drop_path(cfg.model, args):
+    if cfg.drop_path is not None and "drop_path_rate" in default_config(cfg.model, **args):
         args["drop_path_rate"] = cfg.drop_path
     if cfg.checkpoint:
         from ..checkpoint import load_model
 
-        return load_model(cfg.checkpoint, name=cfg.model if cfg.model != DEFAULT_MODEL else None,
-                          num_classes=num_classes, img_size=image_size, **args)
+        return load_model(cfg.checkpoint, name=cfg.model, num_classes=num_classes, img_size=image_size, **args)
     if cfg.img_size:
         args["img_size"] = cfg.img_size
-    return _create(cfg.model, {**args, "num_classes": num_classes})
+    try:
+        return create_model(cfg.model, **{**args, "num_classes": num_classes})
+    except TypeError as e:   # an override the model does not take
+        raise VitlabError(f"{cfg.model}: {e}") from None
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig, dist_info: DistInfo) -> torch.nn.Module:
@@ -187,11 +167,17 @@ def prepare_model(model: torch.nn.Module, cfg: TrainConfig, dist_info: DistInfo)
     return model
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Train and evaluate; returns the final metrics (also written to metrics.json in the run directory)."""
-    t_start = time.perf_counter()
-    out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+@dataclass
+class Processes:
+    """Where this process trains: its device, precision and place among the ranks."""
+    device: torch.device
+    precision: str
+    dist: DistInfo
+    local_batch: int
+
+
+def start_processes(cfg: TrainConfig) -> Processes:
+    """Seed, pick the device and precision, and join the other ranks when started by torchrun."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -200,114 +186,119 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     device = process_device(device, dist_info)
     if not dist_info.is_main:                     # rank 0 speaks for the job
         logging.getLogger("vitlab").setLevel(logging.WARNING)
-        progress = None
-    local_batch = per_rank_batch(cfg.batch_size, dist_info)
+    return Processes(device, precision, dist_info, per_rank_batch(cfg.batch_size, dist_info))
 
-    image_size = _model_image_size(cfg)
-    data = build_data(cfg.data, image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    num_classes = len(data.classes)
-    model = prepare_model(build_model(cfg, num_classes, image_size).to(device), cfg, dist_info)
-    if dist_info.rank:   # the same initial weights everywhere, then each rank its own augmentation/drop-path draws
-        torch.manual_seed(cfg.seed + dist_info.rank)
-    mean, std = tuple(model.cfg.mean), tuple(model.cfg.std)
 
-    hflip = cfg.hflip if cfg.hflip is not None else data.name not in ("digits", "mnist")
-    aug_cfg = AugmentConfig(crop_scale=cfg.crop_scale, hflip=hflip, randaugment=cfg.randaugment,
-                            mixup=cfg.mixup, cutmix=cfg.cutmix, erase=cfg.erase)
-    augment = BatchAugment(aug_cfg, mean, std, image_size, num_classes).to(device)
-    normalize = Normalize(mean, std).to(device)
-
-    objective = build_objective(cfg, model, device, (mean, std))
-    train_batches = num_batches(data.train, local_batch, drop_last=True, world_size=dist_info.world_size)
+def build_trainer(cfg: TrainConfig, task: Task, model: torch.nn.Module, data: Any, image_size: int,
+                  procs: Processes) -> tuple[Trainer, int]:
+    """Objective, augmentation, optimizer, schedule, EMA and the (DDP/FSDP-wrapped) model in one Trainer.
+    Returns it with the number of training batches per epoch and rank."""
+    objective = task.objective(cfg, model, procs.device)
+    augment = task.augment(cfg, model, data, image_size).to(procs.device)
+    train_batches = task.num_train_batches(data, procs.local_batch, procs.dist.world_size)
     steps_per_epoch = -(-train_batches // cfg.grad_accum)
     if steps_per_epoch == 0:
         raise VitlabError(f"{cfg.data}: {len(data.train)} training images is fewer than one batch "
                           f"of {cfg.batch_size}; lower --batch-size")
     ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
-    net = wrap_model(model, dist_info, device, fsdp=cfg.fsdp)   # DDP wrapper, or model itself (sharded in place)
+    net = wrap_model(model, procs.dist, procs.device, fsdp=cfg.fsdp)   # DDP wrapper, or model (sharded in place)
     if cfg.compile:
         net.compile()
     # fused AdamW: one kernel per step (3.6x faster than foreach for ViT-Ti on a CPU), and on CUDA it lets the
     # trainer skip a non-finite step without a host sync; CPU kernels exist from torch 2.4
-    fused = device.type == "cuda" or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    fused = procs.device.type == "cuda" or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=fused)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch,
                               cfg.min_lr_ratio)
-    trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=device,
-                      precision=precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
+    trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=procs.device,
+                      precision=procs.precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
                       memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    return trainer, train_batches
 
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Train and evaluate; returns the final metrics (also written to metrics.json in the run directory).
+    The model's registered task (vitlab.tasks) supplies the data, augmentation, objective and evaluation."""
+    t_start = time.perf_counter()
+    cfg = resolve_model_name(cfg)
+    task = task_for_model(cfg.model)
+    task.check_config(cfg)
+    out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    procs = start_processes(cfg)
+    progress = progress if procs.dist.is_main else None
+
+    image_size = model_image_size(cfg)
+    data = task.build_data(cfg, image_size)
+    model = prepare_model(build_model(cfg, len(data.classes), image_size).to(procs.device), cfg, procs.dist)
+    if procs.dist.rank:   # the same initial weights everywhere, then each rank its own augmentation/drop-path draws
+        torch.manual_seed(cfg.seed + procs.dist.rank)
+    trainer, train_batches = build_trainer(cfg, task, model, data, image_size, procs)
     run_config = model_config(model, data.classes, image_size=image_size, data=data.name, train=asdict(cfg))
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+
+    start_epoch, history = (0, [])
     if resume:
         if cfg.fsdp:
             raise VitlabError("--resume of an --fsdp run is not supported yet (the sharded optimizer state "
                               "would have to be scattered back)")
         start_epoch, history = restore(out, trainer)
-    params = sum(p.numel() for p in model.parameters())
-    log.info("%s: %.2fM parameters, %d classes, %d train / %d val images at %dpx, %s %s",
-             cfg.model, params / 1e6, num_classes, len(data.train), len(data.val), image_size, device, precision)
-
     last_epoch = min(cfg.stop_at or cfg.epochs, cfg.epochs)
     if start_epoch >= last_epoch:
         raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs}); "
                           "pass a larger --epochs to continue")
+    params = sum(p.numel() for p in model.parameters())
+    log.info("%s (%s): %.2fM parameters, %d classes, %d train / %d val images at %dpx, %s %s", cfg.model,
+             task.name, params / 1e6, len(data.classes), len(data.train), len(data.val), image_size, procs.device,
+             procs.precision)
+
     result: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, last_epoch + 1):
-        loader = batches(data.train, local_batch, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last=True,
-                         num_workers=cfg.workers, rank=dist_info.rank, world_size=dist_info.world_size)
+        loader = task.train_batches(data, procs.local_batch, epoch=epoch, seed=cfg.seed, rank=procs.dist.rank,
+                                    world_size=procs.dist.world_size, workers=cfg.workers)
         stats = trainer.train_epoch(loader, epoch, total=train_batches, progress=progress)
-        stats["images_per_s"] *= dist_info.world_size       # every rank ran as many images in the same time
-        eval_model = ema.module if ema is not None else net if cfg.fsdp else model
-        result = evaluate(eval_model, batches(data.val, 256, shuffle=False, num_workers=cfg.workers), normalize,
-                          num_classes, device, precision)
-        history.append({"epoch": epoch, "step": trainer.step, **stats,
-                        **{k: result[k] for k in ("val_loss", "val_top1", "val_top5")}})
-        log.info("epoch %d/%d  loss %.4f  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s", epoch, cfg.epochs,
-                 stats["train_loss"], result["val_top1"], result["val_top5"], stats["images_per_s"])
-        save_checkpoint(out, trainer, eval_model, run_config, epoch, history, main=dist_info.is_main)
-        if dist_info.is_main:
+        stats["images_per_s"] *= procs.dist.world_size       # every rank ran as many images in the same time
+        eval_model = evaluation_model(trainer, model, cfg)
+        result = task.evaluate(eval_model, data.val, procs.device, procs.precision, workers=cfg.workers)
+        timing = {k: stats.pop(k) for k in ("lr", "images_per_s", "epoch_time_s")}
+        history.append({"epoch": epoch, "step": trainer.step, **stats,      # train_loss and its named parts
+                        **{k: result[k] for k in task.epoch_metrics if k in result}, **timing})
+        log.info("epoch %d/%d  loss %.4f  %s  %.0f img/s", epoch, cfg.epochs, stats["train_loss"],
+                 task.epoch_line(result), timing["images_per_s"])
+        save_checkpoint(out, trainer, eval_model, run_config, epoch, history, main=procs.dist.is_main)
+        if procs.dist.is_main:
             write_text(out / "metrics.csv", _csv(history))
 
     metrics = {
-        "model": cfg.model, "data": data.name, "epochs": history[-1]["epoch"],
-        "val_top1": result["val_top1"], "val_top5": result["val_top5"], "val_loss": result["val_loss"],
+        "model": cfg.model, "task": task.name, "data": data.name, "epochs": history[-1]["epoch"],
+        **task.final_metrics(result, data), "primary_metric": task.primary_metric,
         "params": params, "train_images_per_s": statistics.median(h["images_per_s"] for h in history),
         "skipped_images": len(data.skipped), "skipped_files": data.skipped[:100],
         "train_images": len(data.train), "val_images": len(data.val), "image_size": image_size,
-        "device": str(device), "precision": precision, "wall_time_s": time.perf_counter() - t_start,
+        "device": str(procs.device), "precision": procs.precision, "wall_time_s": time.perf_counter() - t_start,
     }
-    if data.name == "digits":
-        from ..data import digits_svc_reference
+    if procs.dist.is_main:
+        write_json(out / "metrics.json", metrics)
+        write_report(out, task, trainer, model, cfg, data, result, history, procs.device)
+    return metrics
 
-        metrics["reference_svc_top1"] = digits_svc_reference()
-    if not dist_info.is_main:
-        return metrics
-    write_json(out / "metrics.json", metrics)
-    plot_curves(history, out / "curves.png")
-    plot_confusion(result["confusion"], data.classes, out / "confusion.png")
+
+def evaluation_model(trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """What is evaluated and saved: the EMA when on, the sharded module under FSDP (every rank runs it), else
+    the plain model."""
+    if trainer.ema is not None:
+        return trainer.ema.module
+    return trainer.model if cfg.fsdp else model
+
+
+def write_report(out: Path, task: Task, trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig, data: Any,
+                 result: dict[str, Any], history: list[dict[str, Any]], device: torch.device) -> None:
+    """The curves (every named loss part, the task's metrics) and the task's own figures (rank 0)."""
+    plot_curves(history, out / "curves.png", metrics=task.epoch_metrics, primary=task.primary_metric)
     if cfg.fsdp:   # the sharded model runs only with every rank; rank 0 reads back the full saved weights
         from ..checkpoint import load_model
 
         model = load_model(out).to(device)
-    plot_rollout(ema.module if ema is not None else model, data.val, data.classes, out / "rollout.png")  # explain
-    return metrics
-
-
-def build_objective(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, norm: tuple) -> Any:
-    if not cfg.teacher:
-        return ClassificationObjective(cfg.label_smoothing)
-    from ..checkpoint import load_model
-
-    teacher = load_model(cfg.teacher).to(device)
-    if teacher.num_classes != model.num_classes:
-        raise VitlabError(f"teacher {cfg.teacher} has {teacher.num_classes} classes, the student "
-                          f"{model.num_classes}")
-    tau = cfg.distill_tau if cfg.distill_tau is not None else (3.0 if cfg.distill == "soft" else 1.0)
-    alpha = cfg.distill_alpha if cfg.distill_alpha is not None else (0.1 if cfg.distill == "soft" else 0.5)
-    teacher_norm = (tuple(teacher.cfg.mean), tuple(teacher.cfg.std))
-    return DistillationObjective(teacher, cfg.distill, tau, alpha, cfg.label_smoothing, norm, teacher_norm)
+    task.report(out, trainer.ema.module if trainer.ema is not None else model, data, result, history)
 
 
 def save_checkpoint(out: Path, trainer: Trainer, eval_model: torch.nn.Module, run_config: dict[str, Any],
@@ -358,8 +349,10 @@ def restore(out: Path, trainer: Trainer) -> tuple[int, list[dict[str, Any]]]:
 
 
 def _csv(history: list[dict[str, Any]]) -> str:
+    """metrics.csv: one row per epoch; the columns are the keys the epochs logged (loss parts and the task's
+    metrics included), in the order they first appear."""
     buf = io.StringIO()
-    cols = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "epoch_time_s"]
+    cols = list(dict.fromkeys(k for row in history for k in row))
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for row in history:

@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..runtime import autocast
 from .ema import ModelEMA
 
 Progress = Callable[..., Iterator]   # tqdm-like: progress(iterable, total=, desc=) with optional set_postfix
@@ -18,14 +19,6 @@ Progress = Callable[..., Iterator]   # tqdm-like: progress(iterable, total=, des
 
 class NonFiniteLoss(VitlabError):
     """The loss became NaN or infinite; raised before the optimizer step, so the weights stay good."""
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -51,18 +44,22 @@ class Trainer:
         self._bad_step: Tensor | None = None  # deferred check: first step whose loss was non-finite, -1 = none
         self._since_check = 0                  # batches since the host last read the deferred flag
 
-    def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]], epoch: int, total: int | None = None,
+    def train_epoch(self, batches: Iterable[tuple[Tensor, Any]], epoch: int, total: int | None = None,
                     progress: Progress | None = None) -> dict[str, float]:
-        """Train on every batch once. Returns mean loss, images/s and the last lr."""
+        """Train on every batch once. A batch is (uint8 images (B, 3, H, W), targets): a label tensor, or any
+        nesting of lists/dicts of tensors (detection: one dict of boxes and labels per image), moved to the device
+        as it is. Returns the mean loss, the mean of each named part the objective reports (`train_<name>`),
+        images/s and the last lr."""
         self.model.train()
         it = progress(batches, total=total, desc=f"epoch {epoch}") if progress else batches
         loss_sum, seen, t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
+        part_sums: dict[str, Tensor] = {}
         micro = 0
-        for images, labels in it:
+        for images, targets in it:
             images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
+            targets = to_device(targets, self.device)
             with torch.no_grad():
-                x, targets = self.batch_transform(images, labels)
+                x, targets = self.batch_transform(images, targets)
                 x = x.contiguous(memory_format=self.memory_format)
             with autocast(self.device, self.precision):
                 loss, parts = self.objective(self.model, x, targets)
@@ -73,12 +70,17 @@ class Trainer:
             with self.model.no_sync() if skip_sync else contextlib.nullcontext():
                 (loss / self.grad_accum).backward()
             micro += 1
-            loss_sum += loss.detach() * images.shape[0]
-            seen += images.shape[0]
+            batch = images.shape[0]
+            loss_sum += loss.detach() * batch
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.detach().float() * batch
+            seen += batch
             if micro % self.grad_accum == 0:
                 self.optimizer_step()
             if progress and hasattr(it, "set_postfix") and micro % 10 == 0:
-                it.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                shown = {k: f"{v.item():.3f}" for k, v in list(parts.items())[:4]} if len(parts) > 1 else {}
+                it.set_postfix(loss=f"{loss.item():.3f}", **shown,
+                               lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if micro % self.grad_accum:
             self.optimizer_step()
@@ -86,8 +88,10 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         from .distributed import sum_over_ranks
 
-        mean_loss = sum_over_ranks(loss_sum) / max(sum_over_ranks(seen), 1)   # the job's mean, not one rank's
-        return {"train_loss": float(mean_loss), "images_per_s": seen / max(elapsed, 1e-9),
+        total_seen = max(sum_over_ranks(seen), 1)
+        mean_loss = sum_over_ranks(loss_sum) / total_seen   # the job's mean, not one rank's
+        parts_mean = {f"train_{k}": float(sum_over_ranks(v) / total_seen) for k, v in part_sums.items()}
+        return {"train_loss": float(mean_loss), **parts_mean, "images_per_s": seen / max(elapsed, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}
 
     def check_finite(self, loss: Tensor | None, epoch: int, force: bool) -> None:
@@ -130,28 +134,12 @@ class Trainer:
         self.step += 1
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], normalize: nn.Module,
-             num_classes: int, device: torch.device, precision: str = "fp32") -> dict[str, Any]:
-    """Top-1/top-5 accuracy (percent), mean loss and the confusion matrix (true x predicted) of a classifier."""
-    model.eval()
-    k = min(5, num_classes)
-    correct1 = correct5 = n = 0
-    loss_sum = 0.0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
-        with autocast(device, precision):
-            logits = model(normalize(images)).float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        top = logits.topk(k, dim=-1).indices                          # (B, k)
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(dim=-1).sum().item()
-        confusion += torch.bincount(labels.cpu() * num_classes + top[:, 0].cpu(),
-                                    minlength=num_classes ** 2).view(num_classes, num_classes)
-        n += labels.numel()
-    if n == 0:
-        raise VitlabError("the validation set is empty")
-    return {"val_top1": 100.0 * correct1 / n, "val_top5": 100.0 * correct5 / n, "val_loss": loss_sum / n,
-            "confusion": confusion, "val_images": n, "val_topk": k}
-
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors moved to `device` inside any nesting of lists, tuples and dicts; other values as they are."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj

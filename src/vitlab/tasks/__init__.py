@@ -1,0 +1,44 @@
+"""Tasks: what a model is trained for, as one seam the trainer and the CLI call without knowing the task.
+
+A task turns a data spec into train/val sets of (image, target), batches them, augments a batch on the device with
+its targets kept consistent, supplies the objective (model, inputs, targets) -> (loss, named parts), evaluates a
+model (a metrics dict with one named primary metric), draws the report's figures and says what `predict` writes.
+Every registered model declares its task (`@register_model(task="detection")`), so `vitlab train --model NAME`
+needs no --task flag:
+
+    task = task_for_model("detr_micro_64")          # DetectionTask
+    data = task.build_data(cfg, image_size=64)
+    metrics = task.evaluate(model, data.val, device)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import VitlabError
+from ..registry import model_task
+from .base import Task
+
+_TASK_MODULES = {"classification": ".classification", "detection": ".detection"}
+
+
+def get_task(name: str) -> Task:
+    """The task object registered under `name` ("classification", "detection", ...)."""
+    if name not in _TASK_MODULES:
+        raise VitlabError(f"unknown task {name!r} (known: {', '.join(sorted(_TASK_MODULES))})")
+    module = importlib.import_module(_TASK_MODULES[name], __name__)
+    return module.TASK
+
+
+def task_for_model(model_name: str) -> Task:
+    """The task a registered model is trained and evaluated for."""
+    return get_task(model_task(model_name))
+
+
+def task_of(model: Any) -> Task:
+    """The task of a built model (by its registry name; classification for unnamed modules)."""
+    name = getattr(model, "vitlab_name", None)
+    return task_for_model(name) if name else get_task("classification")
+
+
+__all__ = ["Task", "get_task", "task_for_model", "task_of"]

@@ -1,0 +1,75 @@
+"""The Task interface: the named parts a task supplies to training, evaluation, prediction and the report."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import VitlabError
+
+Objective = Callable[[nn.Module, Tensor, Any], tuple[Tensor, dict[str, Tensor]]]
+
+
+class Task:
+    """One task of the seam. Subclasses fill in each step; the trainer sees only batches, a batch transform and
+    an objective, run_training only these methods.
+
+    A data bundle is whatever `build_data` returns with `.train`, `.val`, `.classes`, `.name` and `.skipped`.
+    """
+
+    name: str = ""
+    primary_metric: str = ""                 # the metrics.json key a run is judged by (e.g. "val_top1")
+    epoch_metrics: tuple[str, ...] = ()      # evaluate() keys logged per epoch in metrics.csv
+
+    def check_config(self, cfg: Any) -> None:
+        """Refuse training options that make no sense for the task (one clear line)."""
+
+    def build_data(self, cfg: Any, image_size: int) -> Any:
+        raise NotImplementedError
+
+    def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, data: Any, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
+                      world_size: int = 1, workers: int = 0) -> Iterator[tuple[Tensor, Any]]:
+        raise NotImplementedError
+
+    def augment(self, cfg: Any, model: nn.Module, data: Any, image_size: int) -> nn.Module:
+        """(uint8 images, targets) -> (normalised inputs, targets), on the training device."""
+        raise NotImplementedError
+
+    def objective(self, cfg: Any, model: nn.Module, device: torch.device) -> Objective:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, dataset: Any, device: torch.device, precision: str = "fp32",
+                 batch_size: int = 256, workers: int = 0) -> dict[str, Any]:
+        """Metrics of `model` on one split: floats under the task's metric names, plus figures' raw material."""
+        raise NotImplementedError
+
+    def epoch_line(self, result: dict[str, Any]) -> str:
+        """The validation part of an epoch's log line."""
+        return "  ".join(f"{k} {result[k]:.4g}" for k in self.epoch_metrics if k in result)
+
+    def final_metrics(self, result: dict[str, Any], data: Any) -> dict[str, Any]:
+        """What metrics.json says of the final evaluation (task keys; run_training adds the run's own)."""
+        return {k: result[k] for k in self.epoch_metrics if k in result}
+
+    def report(self, out: Path, model: nn.Module, data: Any, result: dict[str, Any],
+               history: list[dict[str, Any]]) -> list[Path]:
+        """The task's figures in the run directory (the curves are drawn by run_training for every task)."""
+        return []
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        """One line for the terminal at the end of `vitlab train`."""
+        return f"{self.primary_metric} {metrics[self.primary_metric]:.4g}"
+
+
+def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input normalisation a model's weights expect (its cfg.mean / cfg.std)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "mean"):
+        raise VitlabError(f"{type(model).__name__} does not say its input normalisation (cfg.mean / cfg.std)")
+    return tuple(cfg.mean), tuple(cfg.std)

@@ -1,0 +1,128 @@
+"""Image classification: labels per image, cross-entropy (or DeiT distillation), top-1/top-5 and a confusion matrix.
+
+Data: `digits`, `shapes`, ImageFolder, CIFAR, MNIST idx (vitlab.data.build_data); targets are int64 labels (B,),
+or soft targets (B, C) after Mixup/CutMix. Primary metric: `val_top1` (percent).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import batches, build_data, num_batches
+from ..data.augment import AugmentConfig, BatchAugment, Normalize
+from ..errors import VitlabError
+from ..runtime import autocast
+from .base import Task, mean_std
+
+
+def classification_logits(out: Tensor | dict[str, Tensor]) -> Tensor:
+    """The logits (B, C) of a classifier's output: the tensor itself, or the `logits` entry of a model with
+    named outputs (a distilled DeiT also returns `logits_cls` and `logits_dist`)."""
+    return out["logits"] if isinstance(out, dict) else out
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    primary_metric = "val_top1"
+    epoch_metrics = ("val_loss", "val_top1", "val_top5")
+
+    def build_data(self, cfg: Any, image_size: int) -> Any:
+        data = build_data(cfg.data, image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        if len(data.classes) < 2:
+            raise VitlabError(f"{cfg.data}: a classification data set needs at least 2 classes, found "
+                              f"{len(data.classes)} ({', '.join(data.classes) or 'none'})")
+        return data
+
+    def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
+        return num_batches(data.train, batch_size, drop_last=True, world_size=world_size)
+
+    def train_batches(self, data: Any, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
+                      world_size: int = 1, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        return batches(data.train, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True,
+                       num_workers=workers, rank=rank, world_size=world_size)
+
+    def augment(self, cfg: Any, model: nn.Module, data: Any, image_size: int) -> nn.Module:
+        hflip = cfg.hflip if cfg.hflip is not None else data.mirror_safe
+        aug = AugmentConfig(crop_scale=cfg.crop_scale, hflip=hflip, randaugment=cfg.randaugment,
+                            mixup=cfg.mixup, cutmix=cfg.cutmix, erase=cfg.erase)
+        mean, std = mean_std(model)
+        return BatchAugment(aug, mean, std, image_size, len(data.classes))
+
+    def objective(self, cfg: Any, model: nn.Module, device: torch.device) -> Any:
+        from ..train.objectives import ClassificationObjective, DistillationObjective
+
+        if not cfg.teacher:
+            return ClassificationObjective(cfg.label_smoothing)
+        from ..checkpoint import load_model
+
+        teacher = load_model(cfg.teacher).to(device)
+        if teacher.num_classes != model.num_classes:
+            raise VitlabError(f"teacher {cfg.teacher} has {teacher.num_classes} classes, the student "
+                              f"{model.num_classes}")
+        tau = cfg.distill_tau if cfg.distill_tau is not None else (3.0 if cfg.distill == "soft" else 1.0)
+        alpha = cfg.distill_alpha if cfg.distill_alpha is not None else (0.1 if cfg.distill == "soft" else 0.5)
+        return DistillationObjective(teacher, cfg.distill, tau, alpha, cfg.label_smoothing, mean_std(model),
+                                     mean_std(teacher))
+
+    def evaluate(self, model: nn.Module, dataset: Any, device: torch.device, precision: str = "fp32",
+                 batch_size: int = 256, workers: int = 0) -> dict[str, Any]:
+        normalize = Normalize(*mean_std(model)).to(device)
+        return evaluate_classifier(model, batches(dataset, batch_size, shuffle=False, num_workers=workers),
+                                   normalize, len(dataset.classes), device, precision)
+
+    def epoch_line(self, result: dict[str, Any]) -> str:
+        return f"val top-1 {result['val_top1']:.2f}%  top-{result['val_topk']} {result['val_top5']:.2f}%"
+
+    def final_metrics(self, result: dict[str, Any], data: Any) -> dict[str, Any]:
+        metrics = {k: result[k] for k in ("val_top1", "val_top5", "val_loss")}
+        if data.references is not None:
+            metrics.update(data.references())
+        return metrics
+
+    def report(self, out: Path, model: nn.Module, data: Any, result: dict[str, Any],
+               history: list[dict[str, Any]]) -> list[Path]:
+        from ..train.report import plot_confusion, plot_rollout
+
+        paths = [plot_confusion(result["confusion"], data.classes, out / "confusion.png")]
+        rollout = plot_rollout(model, data.val, data.classes, out / "rollout.png")
+        return paths + ([rollout] if rollout else [])
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        ref = f"  (reference: scikit-learn SVC(gamma=0.001) {metrics['reference_svc_top1']:.2f}%)" \
+            if "reference_svc_top1" in metrics else ""
+        return f"val top-1 {metrics['val_top1']:.2f}%  top-5 {metrics['val_top5']:.2f}%{ref}"
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, batches: Any, normalize: nn.Module, num_classes: int,
+                        device: torch.device, precision: str = "fp32") -> dict[str, Any]:
+    """Top-1/top-5 accuracy (percent), mean loss and the confusion matrix (true x predicted) of a classifier
+    over (uint8 images (B, 3, S, S), labels (B,)) batches."""
+    model.eval()
+    k = min(5, num_classes)
+    correct1 = correct5 = n = 0
+    loss_sum = 0.0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
+        with autocast(device, precision):
+            logits = classification_logits(model(normalize(images))).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(k, dim=-1).indices                          # (B, k)
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=-1).sum().item()
+        confusion += torch.bincount(labels.cpu() * num_classes + top[:, 0].cpu(),
+                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+        n += labels.numel()
+    if n == 0:
+        raise VitlabError("the validation set is empty")
+    return {"val_top1": 100.0 * correct1 / n, "val_top5": 100.0 * correct5 / n, "val_loss": loss_sum / n,
+            "confusion": confusion, "val_images": n, "val_topk": k}
+
+
+TASK = ClassificationTask()
