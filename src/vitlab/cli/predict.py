@@ -1,14 +1,18 @@
-"""`vitlab predict --checkpoint RUN_DIR IMAGE...`: top-k classes with probabilities for each image."""
+"""`vitlab predict --checkpoint RUN_DIR IMAGE...`: what the checkpoint's task predicts for each image: top-k classes
+with probabilities (classification), labelled boxes as PNGs + detections.json (detection)."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify image files")
+    p = sub.add_parser("predict", help="classify image files, or detect objects in them")
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint, or .onnx file (--runtime onnx)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="classification: classes shown per image")
+    p.add_argument("--threshold", type=float, default=0.5, help="detection: lowest score kept (0-1)")
+    p.add_argument("--out", default=None, help="detection: where the PNGs and detections.json go "
+                                               "(default runs/predict)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: run RUN_DIR/model.onnx or a .onnx file (vitlab export --onnx) in ONNX Runtime")
@@ -18,9 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import VitlabError
     from ..predict import Predictor
+    from ..tasks import get_task, task_of
 
-    pred = Predictor.load(args.checkpoint, args.device, runtime=args.runtime, precision=args.precision)
-    for path, top in zip(args.images, pred.predict(args.images, args.top_k)):
-        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+    if args.top_k < 1:
+        raise VitlabError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.runtime == "onnx":
+        from ..export import OnnxPredictor
+
+        pred = OnnxPredictor.load(args.checkpoint, args.device, precision=args.precision)
+    else:
+        pred = Predictor.load(args.checkpoint, args.device, precision=args.precision)
+    task = task_of(pred.model) if args.runtime == "torch" else get_task("classification")
+    for line in task.predict(pred, args.images, out=args.out, top_k=args.top_k, threshold=args.threshold):
+        print(line)
     return 0

@@ -62,6 +62,12 @@ class Task:
         """The task's figures in the run directory (the curves are drawn by run_training for every task)."""
         return []
 
+    def predict(self, predictor: Any, paths: list[str], *, out: Path | None = None, top_k: int = 5,
+                threshold: float = 0.5) -> list[str]:
+        """Run `predictor` (vitlab.predict.Predictor) on image files, write what the task writes under `out`,
+        and return one line per image for the terminal."""
+        raise NotImplementedError
+
     def summary(self, metrics: dict[str, Any]) -> str:
         """One line for the terminal at the end of `vitlab train`."""
         return f"{self.primary_metric} {metrics[self.primary_metric]:.4g}"

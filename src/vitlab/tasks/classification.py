@@ -92,6 +92,12 @@ class ClassificationTask(Task):
         rollout = plot_rollout(model, data.val, data.classes, out / "rollout.png")
         return paths + ([rollout] if rollout else [])
 
+    def predict(self, predictor: Any, paths: list[str], *, out: Path | None = None, top_k: int = 5,
+                threshold: float = 0.5) -> list[str]:
+        """Top-k classes with probabilities; nothing is written."""
+        return [f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top)
+                for path, top in zip(paths, predictor.predict(paths, top_k))]
+
     def summary(self, metrics: dict[str, Any]) -> str:
         ref = f"  (reference: scikit-learn SVC(gamma=0.001) {metrics['reference_svc_top1']:.2f}%)" \
             if "reference_svc_top1" in metrics else ""
