@@ -85,6 +85,30 @@ def train(info, scenario: str) -> dict:
     return result
 
 
+def train_detection(info) -> dict:
+    """A tiny DETR (frozen batch norm: per-rank batch statistics would differ from one process's) on 32 scenes:
+    the set loss's box count is averaged over ranks, so DDP's mean gradient equals one process's. eos_coef=1:
+    with DETR's 0.1 no-object weight the cross-entropy is a weighted mean per rank (as in detr), whose weights sum
+    differently on each rank, so two processes equal one only up to that reweighting."""
+    from vitlab.data.detection import detection_batches
+    from vitlab.data.scenes import build_scenes_detection
+    from vitlab.tasks.detection.loss import DetectionObjective, SetCriterion
+
+    torch.manual_seed(0)
+    model = create_model("detr_micro_64", img_size=32, num_queries=5, enc_layers=1, dec_layers=2, dropout=0.0,
+                         backbone_norm="frozen")
+    net = wrap_model(model, info, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    trainer = Trainer(net, DetectionObjective(SetCriterion(6, eos_coef=1.0)), optimizer, None, batch_transform=Normalize01(),
+                      device=torch.device("cpu"), clip_grad=1.0)
+    data = build_scenes_detection(32, seed=0, n_train=32, n_val=4).train
+    loader = detection_batches(data, per_rank_batch(8, info), shuffle=True, seed=0, epoch=1, drop_last=True,
+                               rank=info.rank, world_size=info.world_size)
+    stats = trainer.train_epoch(loader, 1, total=4)
+    return {"train_loss": stats["train_loss"], "parts": {k: v for k, v in stats.items() if k.startswith("train_")},
+            "steps": trainer.step, "weights": full_state_dict(net)}
+
+
 def gather(values: list[int], info) -> list[list[int]]:
     if not info.enabled:
         return [values]
@@ -101,6 +125,9 @@ def main(out_dir: str) -> None:
         result = train(info, scenario)
         if info.is_main:
             torch.save(result, Path(out_dir) / f"{scenario}.pt")
+    result = train_detection(info)
+    if info.is_main:
+        torch.save(result, Path(out_dir) / ("detection.pt" if info.enabled else "single_detection.pt"))
     cleanup()
 
 

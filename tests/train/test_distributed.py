@@ -55,6 +55,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(worker_results, scen
     assert sorted(rank0 + rank1) == list(range(96)) and len(rank0) == len(rank1) == 48
 
 
+def test_detection_under_ddp_equals_one_process(worker_results):
+    ours, ref = worker_results["detection"], worker_results["single_detection"]
+    assert ours["steps"] == ref["steps"] == 4
+    for name, w in ref["weights"].items():
+        torch.testing.assert_close(ours["weights"][name], w, atol=1e-5, rtol=0, msg=name)
+    assert ours["parts"] == pytest.approx(ref["parts"], abs=1e-5)      # loss_ce, loss_bbox, loss_giou: the job's
+    assert set(ref["parts"]) == {"train_loss", "train_loss_ce", "train_loss_bbox", "train_loss_giou"}
+
+
 def test_a_nan_on_one_rank_stops_every_rank_before_the_step(worker_results):
     result = worker_results["nan"]
     assert result["stopped_on"] == [[1], [1]]                 # rank 1's NaN, both ranks stopped
