@@ -1,5 +1,6 @@
 """`vitlab explain --checkpoint RUN_DIR_OR_MODEL IMAGE... --out DIR`: attention maps, rollout, attention distance,
-position-embedding similarity, patch-embedding filters, per-patch logits and Itti-Koch saliency as an HTML report."""
+position-embedding similarity, patch-embedding filters, per-patch logits and Itti-Koch saliency as an HTML report;
+for a DETR detector, each detected object's decoder cross-attention and the encoder's self-attention instead."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run directory / checkpoint, or a registered model name (fresh weights)")
     p.add_argument("--out", default="runs/explain", help="report directory (index.html + PNGs)")
     p.add_argument("--data", default=None, metavar="SPEC", help="also take validation images of this data spec "
-                                                                 "(digits, shapes, or a path)")
+                                                                 "(digits, shapes, or a path; scenes or a "
+                                                                 "COCO folder for a detector)")
     p.add_argument("--samples", type=int, default=4, help="how many validation images with --data")
     p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                    help="class for the per-patch logits (default: each image's prediction)")
@@ -33,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion")
     p.add_argument("--discard-ratio", type=float, default=0.0,
                    help="rollout: fraction of the lowest attention weights zeroed per layer (default 0)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="detection: score above which a query is a detected object whose attention is drawn")
     p.set_defaults(func=run)
 
 
@@ -43,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
         raise VitlabError("give image files or --data SPEC")
     summary = explain_checkpoint(args.checkpoint, args.images, args.out, data=args.data, samples=args.samples,
                                  class_name=args.class_name, layers=args.layers, head_fusion=args.head_fusion,
-                                 discard_ratio=args.discard_ratio)
-    for p in summary["predictions"]:
+                                 discard_ratio=args.discard_ratio, threshold=args.threshold)
+    for p in summary.get("predictions", []):
         print(f"{p['image']:<40} {p['class']:<16} {p['probability'] * 100:5.1f}%")
+    for d in summary.get("detections", []):                 # a detector's report
+        found = ", ".join(f"{o['class']} {o['score']:.2f}" for o in d["objects"])
+        print(f"{d['image']:<40} {len(d['objects'])} objects above {summary['threshold']:g}" + (f": {found}" if found
+                                                                                               else ""))
     drawn = [f for f in summary["figures"] if f["file"]]
     print(f"{len(drawn)} figures -> {summary['report']}")
     return 0

@@ -1,6 +1,7 @@
 """`explain(model, images, out_dir)`: every figure of vitlab.explain for a few images, as PNGs and an offline
 index.html (images alongside, one-line captions). A figure that does not apply to the model (no [CLS] token,
-windowed attention, no position embedding, no attention at all) is listed as skipped with the reason.
+windowed attention, no position embedding, no attention at all) is listed as skipped with the reason. A DETR
+detector gets its own figures (vitlab.explain.detr: per-object cross-attention, encoder self-attention) instead.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class ExplainOptions:
     discard_ratio: float = 0.0             # rollout: lowest fraction of weights zeroed per layer (0 = the paper)
     target_class: int | None = None        # per-patch logits: class index (None = each image's prediction)
     num_fixations: int = 5                 # Itti-Koch: first K foci of attention
+    threshold: float = 0.5                 # detection: a query whose score exceeds this is a detected object
+    reference_points: int = 4              # detection: encoder self-attention is drawn from this many positions
 
 
 @dataclass
@@ -87,6 +90,13 @@ def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: S
     num_classes = getattr(model, "num_classes", None)
     classes = list(classes) if classes else [str(i) for i in range(num_classes or 0)]
     names = list(names) if names else [f"image {i + 1}" for i in range(len(images))]
+    title = title or f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)}"
+    from .detr import explain_detection, is_detector     # detr builds on this module: imported here
+
+    if is_detector(model):                     # DETR: its own figures (paper Figs. 3 and 6), same report
+        return explain_detection(model, images, out, classes=classes, names=names, threshold=options.threshold,
+                                 num_points=options.reference_points, title=title,
+                                 num_fixations=options.num_fixations)
     was_training = model.training
     model.eval()
     try:
@@ -108,8 +118,7 @@ def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: S
     ctx.summary["figures"] = [{"file": f.file, "caption": f.caption, **({"more": f.more} if f.more else {})}
                               for f in figures]
     write_json(out / "summary.json", ctx.summary)
-    write_html(out / "index.html", title or f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)}",
-               figures, ctx.summary["predictions"])
+    write_html(out / "index.html", title, figures, ctx.summary["predictions"])
     log.info("explain: wrote %d figures to %s", sum(f.file is not None for f in figures), out)
     return ctx.summary
 
@@ -301,11 +310,16 @@ def _filters(ctx: _Context) -> ReportFigure:
 
 
 # --- HTML ----------------------------------------------------------------------------------------------------------
-def write_html(path: str | Path, title: str, figures: Sequence[ReportFigure], predictions: Sequence[dict]) -> Path:
-    """A self-contained page: images referenced by relative name (the PNGs lie beside it), nothing fetched."""
+def write_html(path: str | Path, title: str, figures: Sequence[ReportFigure], predictions: Sequence[dict], *,
+               table: tuple[Sequence[str], Sequence[Sequence[str]]] | None = None) -> Path:
+    """A self-contained page: images referenced by relative name (the PNGs lie beside it), nothing fetched.
+    The table on top lists `predictions` (image, class, probability), or `table` = (header, rows) when given."""
     e = html.escape
-    rows = "".join(f"<tr><td>{e(p['image'])}</td><td>{e(str(p['class']))}</td><td>{p['probability'] * 100:.1f}%"
-                   f"</td></tr>" for p in predictions)
+    if table is None:
+        table = (("image", "prediction", "probability"),
+                 [(p["image"], str(p["class"]), f"{p['probability'] * 100:.1f}%") for p in predictions])
+    header = "".join(f"<th>{e(h)}</th>" for h in table[0])
+    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table[1])
     shown = "".join("<figure>" + "".join(f'<img src="{e(name)}" alt="{e(f.caption)}">' for name in [f.file, *f.more])
                     + f"<figcaption>{e(f.caption)}</figcaption></figure>\n" for f in figures if f.file)
     skipped = "".join(f"<li>{e(f.caption)}</li>" for f in figures if not f.file)
@@ -315,7 +329,7 @@ def write_html(path: str | Path, title: str, figures: Sequence[ReportFigure], pr
 figure{{margin:2em 0}}figcaption{{color:#333;margin-top:.4em}}td,th{{padding:.2em 1em;text-align:left}}</style>
 </head><body>
 <h1>{e(title)}</h1>
-<table><tr><th>image</th><th>prediction</th><th>probability</th></tr>{rows}</table>
+<table><tr>{header}</tr>{rows}</table>
 {shown}{f"<h2>Not drawn</h2><ul>{skipped}</ul>" if skipped else ""}
 </body></html>
 """

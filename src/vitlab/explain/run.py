@@ -79,14 +79,24 @@ def class_index(name: str | None, classes: Sequence[str], num_classes: int) -> i
 def explain_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out: str | Path, *,
                        data: str | None = None, samples: int = 4, class_name: str | None = None,
                        layers: Sequence[int] = (1, 3, 5, 10), head_fusion: str = "mean",
-                       discard_ratio: float = 0.0) -> dict[str, Any]:
-    """Load, gather, explain: writes out/index.html and the PNGs, returns the summary."""
+                       discard_ratio: float = 0.0, threshold: float = 0.5) -> dict[str, Any]:
+    """Load, gather, explain: writes out/index.html and the PNGs, returns the summary. A detector (DETR) takes
+    detection data for `data` and `threshold`; class_name, layers, head_fusion and discard_ratio are a
+    classifier's."""
+    from .detr import gather_detection_images, is_detector
+
     model = load_explain_model(checkpoint)
-    classes = (getattr(model, "vitlab_meta", None) or {}).get("classes") or \
-        [str(i) for i in range(getattr(model, "num_classes", 0))]
-    batch, names = gather_images(images, model_image_size(model), data, samples, classes)
-    options = ExplainOptions(layers=tuple(layers), head_fusion=head_fusion, discard_ratio=discard_ratio,
-                             target_class=class_index(class_name, classes, len(classes)))
+    own_classes = (getattr(model, "vitlab_meta", None) or {}).get("classes")
+    classes = own_classes or [str(i) for i in range(getattr(model, "num_classes", 0))]
+    if is_detector(model):
+        batch, names, data_classes = gather_detection_images(images, model_image_size(model), data, samples)
+        if not own_classes and data_classes and len(data_classes) == len(classes):
+            classes = data_classes              # a fresh model: name its classes after the data's
+        options = ExplainOptions(threshold=threshold)
+    else:
+        batch, names = gather_images(images, model_image_size(model), data, samples, classes)
+        options = ExplainOptions(layers=tuple(layers), head_fusion=head_fusion, discard_ratio=discard_ratio,
+                                 target_class=class_index(class_name, classes, len(classes)))
     title = f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)} ({checkpoint})"
     summary = explain(model, batch, out, classes=classes, names=names, options=options, title=title)
     summary["report"] = str(Path(out) / "index.html")
