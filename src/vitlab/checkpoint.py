@@ -2,6 +2,7 @@
 
     save_model(model, dir, classes=...)   -> writes both files atomically
     load_model(path, num_classes=, img_size=) -> nn.Module rebuilt from config.json, weights loaded
+    convert_checkpoint(src, dst, to="vitlab") -> `vitlab convert`: read any supported format, write vitlab or HF
 
 Foreign formats (HF transformers, timm, Google .npz) are read by vitlab.convert and arrive here as a vitlab state
 dict. Loading adapts a checkpoint to the requested model: a fresh head when num_classes differs (with a notice),
@@ -9,25 +10,28 @@ resampled position embeddings when img_size differs (the model's `adapt_state_di
 """
 from __future__ import annotations
 
-import json
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .checkpoint_files import (CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, is_vitlab_dir, read_config, read_weights,
+                               save_weights)
+from .convert import read_checkpoint
+from .convert._keymap import group_keys
+from .convert.export_hf import save_hf
 from .errors import VitlabError
-from .io import atomic_path, write_json
+from .io import write_json
+from .variants import build_model
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "convert_checkpoint", "group_keys", "is_vitlab_dir", "load_model",
+           "load_weights", "model_config", "read_config", "read_weights", "save_model", "save_weights"]
+CONVERT_TARGETS = ("vitlab", "hf")
 
 
 def model_config(model: nn.Module, classes: list[str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -54,13 +58,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def save_weights(state_dict: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (contiguous, de-aliased copies, so tied tensors save too)."""
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
 def save_model(model: nn.Module, directory: str | Path, classes: list[str] | None = None,
                metadata: dict[str, str] | None = None, **extra: Any) -> Path:
     """Save config.json + model.safetensors into `directory` (created if needed). Returns the directory."""
@@ -69,36 +66,6 @@ def save_model(model: nn.Module, directory: str | Path, classes: list[str] | Non
     save_weights(model.state_dict(), directory / WEIGHTS_NAME, metadata)
     write_json(directory / CONFIG_NAME, model_config(model, classes, **extra))
     return directory
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_NAME
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VitlabError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VitlabError(f"{path}: not valid JSON ({e})") from None
-    return cfg
-
-
-def is_vitlab_dir(path: str | Path) -> bool:
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-        return False
-    try:
-        return json.loads((path / CONFIG_NAME).read_text()).get("format") == "vitlab"
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise VitlabError(f"{path}: no such file") from None
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise VitlabError(f"{path}: cannot read safetensors ({e})") from None
 
 
 def load_model(path: str | Path, *, name: str | None = None, num_classes: int | None = None,
@@ -111,8 +78,6 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
     checkpoint's config (class names, normalisation). `trust_pickle` allows full unpickling of a .pth/.bin
     (off by default: such files can run code).
     """
-    from .convert import read_checkpoint  # foreign formats live there
-
     ckpt = read_checkpoint(path, trust_pickle=trust_pickle, model=name, img_size=img_size)
     model_name = name or ckpt.model
     args = {**ckpt.model_args, **overrides}
@@ -122,14 +87,12 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
         args["num_classes"] = num_classes
     if img_size is not None:
         args["img_size"] = img_size
-    from .registry import create_model
-
-    model = create_model(model_name, **args)
+    model = build_model(model_name, **args)
     state_dict = ckpt.state_dict
     if img_size is not None and "_grid_size" not in state_dict:
         # The source grid may be non-square: read it off the source model (meta device, no memory).
         with torch.device("meta"):
-            source = create_model(model_name, **{**ckpt.model_args, **overrides})
+            source = build_model(model_name, **{**ckpt.model_args, **overrides})
         if isinstance(getattr(source, "pos_embed", None), nn.Parameter) and hasattr(source, "grid_size"):
             state_dict = {**state_dict, "_grid_size": tuple(source.grid_size)}
     load_weights(model, state_dict, interpolation=ckpt.interpolation, antialias=ckpt.antialias)
@@ -138,6 +101,28 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
     model.vitlab_meta = {k: v for k, v in ckpt.meta.items() if k != "classes"} | ({"classes": classes} if classes
                                                                                    else {})
     return model.eval()
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str = "vitlab", model: str | None = None,
+                       num_classes: int | None = None, img_size: int | None = None,
+                       trust_pickle: bool = False) -> nn.Module:
+    """Read `src` (format detected), adapt it (num_classes / img_size), write `dst` as a vitlab or HF directory.
+
+    Returns the converted model (eval mode). The written files are always safetensors, whatever `src` was.
+    """
+    if to not in CONVERT_TARGETS:
+        raise VitlabError(f"--to must be one of {', '.join(CONVERT_TARGETS)}, got {to!r}")
+    if Path(dst).resolve() == Path(src).resolve():
+        raise VitlabError(f"{dst}: the destination is the source")
+    net = load_model(src, name=model, num_classes=num_classes, img_size=img_size, trust_pickle=trust_pickle)
+    meta: dict[str, Any] = getattr(net, "vitlab_meta", {})
+    if to == "hf":
+        save_hf(net, dst)
+    else:
+        extra = {k: v for k, v in meta.items() if k in ("source_format",)}
+        save_model(net, dst, classes=meta.get("classes"), **extra)
+    log.debug("wrote %s (%s) from %s", dst, to, src)
+    return net
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, Tensor], *, interpolation: str = "bicubic",
@@ -176,24 +161,3 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], *, interpolati
 
 def _is_head_key(key: str) -> bool:
     return key.split(".")[0] in ("head", "head_dist", "fc", "classifier")
-
-
-def group_keys(keys: list[str], limit: int = 8) -> str:
-    """Summarise keys by pattern: 'blocks.{0..11}.attn.qkv.weight' rather than twelve lines."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for k in keys:
-        parts = k.split(" ")[0].split(".")
-        pattern = ".".join("#" if p.isdigit() else p for p in parts)
-        nums = [p for p in parts if p.isdigit()]
-        groups[pattern + (" " + " ".join(k.split(" ")[1:]) if " " in k else "")].append(".".join(nums))
-    out = []
-    for pattern, nums in groups.items():
-        if len(nums) > 1 and all(nums):
-            idx = sorted({int(n.split(".")[0]) for n in nums})
-            rng = f"{{{idx[0]}..{idx[-1]}}}" if idx == list(range(idx[0], idx[-1] + 1)) else "{" + ",".join(
-                map(str, idx)) + "}"
-            out.append(pattern.replace("#", rng, 1).replace("#", "*"))
-        else:
-            out.append(pattern.replace("#", nums[0].split(".")[0] if nums and nums[0] else "#", 1))
-    shown = ", ".join(out[:limit])
-    return shown + (f" (+{len(out) - limit} more)" if len(out) > limit else "")

@@ -1,4 +1,8 @@
-"""Inference on image files with a trained or converted model."""
+"""Inference on image files with a trained or converted model.
+
+vitlab.export builds on this module (its OnnxPredictor is a Predictor running in ONNX Runtime); this module never
+imports vitlab.export, so the CLI picks the runtime: Predictor.load or OnnxPredictor.load.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,9 +13,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .checkpoint import load_model
 from .data.augment import Normalize
 from .errors import VitlabError
 from .layers import freeze_for_inference
+from .registry import create_model, list_models
 
 
 @dataclass
@@ -24,24 +30,12 @@ class Predictor:
     precision: str = "fp32"      # "bf16": the forward under bf16 autocast (CPU included)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", runtime: str = "torch",
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu",
              precision: str = "fp32") -> "Predictor":
         """From a run directory or any checkpoint vitlab reads; a registered model name gives fresh weights.
-        runtime="onnx": the .onnx file (or RUN_DIR/model.onnx) `vitlab export --onnx` wrote, in ONNX Runtime.
-        precision: "fp32" or "bf16" (torch runtime only)."""
-        from .checkpoint import load_model
-        from .registry import create_model, list_models
-
+        precision: "fp32" or "bf16". An exported .onnx file is vitlab.export.OnnxPredictor.load's (ONNX Runtime)."""
         if precision not in ("fp32", "bf16"):
             raise VitlabError(f"--precision must be fp32 or bf16, got {precision!r}")
-        if runtime == "onnx":
-            if precision != "fp32":
-                raise VitlabError("--runtime onnx runs the exported fp32 graph: use --precision fp32")
-            from .export.onnx import load_onnx_predictor
-
-            return load_onnx_predictor(checkpoint)
-        if runtime != "torch":
-            raise VitlabError(f"--runtime must be torch or onnx, got {runtime!r}")
         if str(checkpoint).endswith(".onnx"):
             raise VitlabError(f"{checkpoint} is an ONNX graph: pass --runtime onnx")
 

@@ -1,72 +1,22 @@
 """Model registry with timm-style names.
 
-A variant is a small function that returns a model; `@register_model` files it under its function name.
-`create_model` builds it, optionally at another input size or class count, and loads a checkpoint.
+A variant is a small function that returns a model; `@register_model` files it under its function name (the table
+itself is vitlab.variants). `create_model` builds it, optionally at another input size or class count, and loads a
+checkpoint. Imports point one way: registry -> checkpoint -> convert -> variants.
 """
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import importlib
-import pkgutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 
-from .errors import VitlabError
+from .checkpoint import load_model
+from .variants import (DEFAULT_TASK, build_model, default_config, list_models, model_entrypoint, model_task,
+                       register_model)
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-_TASKS: dict[str, str] = {}          # model name -> the task it is trained and evaluated for (vitlab.tasks)
-_loaded = False
-DEFAULT_TASK = "classification"
-
-
-def register_model(fn: Callable[..., nn.Module] | None = None, *, task: str = DEFAULT_TASK) -> Any:
-    """Decorator: register a variant function under its own name, for `task` (vitlab.tasks; the CLI needs no
-    --task flag). `@register_model` registers a classifier; `@register_model(task="detection")` a detector."""
-    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if fn.__name__ in _MODELS and _MODELS[fn.__name__] is not fn:
-            raise RuntimeError(f"model {fn.__name__!r} registered twice")
-        _MODELS[fn.__name__] = fn
-        _TASKS[fn.__name__] = task
-        return fn
-
-    return register(fn) if fn is not None else register
-
-
-def model_task(name: str) -> str:
-    """The task a registered model declares ("classification", "detection", ...)."""
-    model_entrypoint(name)             # unknown names raise the usual one-line error
-    return _TASKS[name]
-
-
-def _load_model_modules() -> None:
-    """Import every module of vitlab.models once, so each file's variants register themselves."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from . import models
-
-    for info in pkgutil.iter_modules(models.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{models.__name__}.{info.name}")
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
-    _load_model_modules()
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
-
-
-def model_entrypoint(name: str) -> Callable[..., nn.Module]:
-    _load_model_modules()
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, list(_MODELS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `vitlab models` lists them"
-        raise VitlabError(f"unknown model {name!r}{hint}")
-    return _MODELS[name]
+__all__ = ["DEFAULT_TASK", "create_model", "default_config", "list_models", "model_entrypoint", "model_task",
+           "register_model"]
 
 
 def create_model(
@@ -84,32 +34,39 @@ def create_model(
     embeddings resampled. `overrides` are constructor arguments (e.g. drop_path_rate=0.1).
     """
     if checkpoint_path is not None:
-        from .checkpoint import load_model
-
-        return load_model(checkpoint_path, name=name, num_classes=num_classes, img_size=img_size, **overrides)
+        model = load_model(checkpoint_path, name=name, num_classes=num_classes, img_size=img_size, **overrides)
+        warn_if_other_architecture(name, model, checkpoint_path, given=overrides)
+        return model
     args = dict(overrides)
     if num_classes is not None:
         args["num_classes"] = num_classes
     if img_size is not None:
         args["img_size"] = img_size
-    model = model_entrypoint(name)(**args)
-    # Remembered so a checkpoint can rebuild the model by itself (config.json: name + arguments).
-    model.vitlab_name = name
-    model.vitlab_args = args
-    return model
+    return build_model(name, **args)
 
 
-def default_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """The configuration a variant builds with (its `cfg` dataclass as a dict: img_size, drop_path_rate, ...),
-    read off a model built on the meta device (no memory, no initialisation); {} for a model without a cfg."""
+# settings a checkpoint may change without being another architecture: the head, the input size, input
+# normalisation; also dropout / drop path rates and norm epsilons (HF's ViT uses 1e-12, timm's 1e-6)
+_ADAPTABLE = ("num_classes", "img_size", "mean", "std")
+
+
+def warn_if_other_architecture(name: str, model: nn.Module, checkpoint_path: str | Path,
+                               given: dict[str, Any] | None = None) -> list[str]:
+    """Log a warning when the model built from a checkpoint is not the architecture `name` registers (the
+    checkpoint's own settings win: depth, width, patch size, ...). Returns the differing settings."""
     import dataclasses
+    import logging
 
-    import torch
-
-    with torch.device("meta"):
-        try:
-            model = model_entrypoint(name)(**overrides)
-        except TypeError as e:               # an override the variant does not take
-            raise VitlabError(f"{name}: {e}") from None
     cfg = getattr(model, "cfg", None)
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    if not dataclasses.is_dataclass(cfg):
+        return []
+    base = default_config(name)
+    given = given or {}
+    differ = [f"{k} {v} (not {base[k]})" for k, v in dataclasses.asdict(cfg).items()
+              if k in base and base[k] != v and k not in _ADAPTABLE and "drop" not in k and "eps" not in k
+              and k not in given]
+    if differ:
+        logging.getLogger(__name__).warning(
+            "%s: %s is not that architecture: %s; built the checkpoint's (pass its own name, or leave the name "
+            "out with vitlab.checkpoint.load_model)", name, checkpoint_path, ", ".join(differ))
+    return differ

@@ -14,11 +14,16 @@ the same trade PyTorch's CUDA caching allocator makes.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # torch is imported inside the functions: `vitlab.runtime` loads before torch is needed
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +102,6 @@ def resolve_precision(name: str, device: "torch.device") -> str:
 
 def autocast(device: "torch.device", precision: str) -> "contextlib.AbstractContextManager":
     """torch.autocast for bf16/fp16 on `device` (the CPU included); a no-op context for fp32."""
-    import contextlib
-
     import torch
 
     if precision == "bf16":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vitlab
+from vitlab.bench import peak
 from vitlab.bench.peak import flops_per_image, matmul_peak, mfu
 from vitlab.bench.throughput import BenchConfig, build_reference, format_table, run_bench, time_interleaved
 from vitlab.cli import main
@@ -67,9 +68,47 @@ def test_flops_and_mfu_arithmetic():
     assert mfu(100, 17.56e9, 100e12, train=True) == pytest.approx(0.10536)
 
 
-def test_matmul_peak_is_a_plausible_rate():
-    rate = matmul_peak("fp32", "cpu", n=128, repeats=2, min_time_s=0.01)
-    assert 1e8 < rate < 1e14                                 # FLOP/s: above 0.1 GFLOP/s, below 100 TFLOP/s
+class _Clock:
+    """A perf_counter that moves only when the timed kernel runs: each call costs `step` seconds."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step, self.calls = 0.0, step, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def kernel(self) -> None:
+        self.calls += 1
+        self.now += self.step
+
+
+def test_rate_is_the_flop_count_over_the_timed_seconds(monkeypatch):
+    clock = _Clock(step=5e-4)                                # one 128^3 matmul "takes" 0.5 ms
+    monkeypatch.setattr(peak, "time", clock)
+    rate = peak._rate(clock.kernel, 2 * 128 ** 3, torch.device("cpu"), repeats=3, min_time_s=0.01)
+    # 2 n^3 = 4,194,304 FLOPs in 0.5 ms: 8.388608 GFLOP/s; inner = 0.01 / 0.0005 = 20 matmuls per timed run
+    assert rate == pytest.approx(4_194_304 / 5e-4, rel=1e-9) == pytest.approx(8.388608e9, rel=1e-9)
+    assert clock.calls == 1 + 1 + 3 * 20                    # warm-up, the probe, three timed runs of 20
+
+
+def test_matmul_peak_counts_2n3_and_keeps_the_fastest_of_its_matmul_kernels(monkeypatch):
+    seen = []
+
+    def fake_rate(kernel, flops, device, repeats, min_time_s):
+        seen.append((kernel(), flops))
+        return 1e9 * len(seen)                               # the later kernel is the faster one
+
+    monkeypatch.setattr(peak, "_rate", fake_rate)
+    torch.manual_seed(0)
+    rate = matmul_peak("fp32", "cpu", n=96, repeats=1, min_time_s=0.0)
+    torch.manual_seed(0)
+    a, b = torch.randn(96, 96), torch.randn(96, 96)          # the operands matmul_peak drew
+    assert [flops for _, flops in seen] == [2 * 96 ** 3] * len(seen) == [1_769_472] * len(seen)
+    assert rate == 1e9 * len(seen)
+    torch.testing.assert_close(seen[0][0], a @ b)            # torch.mm
+    if len(seen) > 1:                                        # oneDNN's linear: a @ b^T, the same 2 n^3 FLOPs
+        assert len(seen) == 2
+        torch.testing.assert_close(seen[1][0], a @ b.T, atol=1e-4, rtol=1e-4)
 
 
 def test_cli_bench_model_writes_table_and_json(tmp_path, capsys):

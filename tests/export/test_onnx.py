@@ -96,3 +96,30 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny, capsys):
         OnnxModel(tmp_path / "junk.onnx")
     assert main(["predict", "--checkpoint", str(tmp_path / "missing.onnx"), "--runtime", "onnx", "x.png"]) == 2
     assert "no such ONNX file" in capsys.readouterr().err
+
+
+def test_module_docstring_example_runs(tmp_path, monkeypatch):
+    """The three lines at the top of vitlab/export/onnx.py, run as written (in a scratch directory)."""
+    import vitlab.export.onnx as onnx_module
+
+    example = "\n".join(line.strip() for line in onnx_module.__doc__.splitlines()[2:5])
+    assert example.startswith("path = export_onnx(model") and "OnnxPredictor.load(" in example
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = vitlab.create_model("vit_micro_patch4_32", num_classes=3).eval()
+    Image.fromarray((np.random.default_rng(1).random((48, 40, 3)) * 255).astype("uint8")).save("cat.png")
+    scope = {"model": model, "export_onnx": export_onnx, "OnnxPredictor": onnx_module.OnnxPredictor}
+    exec(compile(example.replace("predictor.predict(", "result = predictor.predict("), "onnx.py", "exec"), scope)
+
+    assert isinstance(scope["predictor"], onnx_module.OnnxPredictor)
+    eager = Predictor(model, ["0", "1", "2"], 32, _normalize(model)).predict(["cat.png"])
+    got = scope["result"]
+    assert [name for name, _ in got[0]] == [name for name, _ in eager[0]]
+    np.testing.assert_allclose([p for _, p in got[0]], [p for _, p in eager[0]], atol=1e-5)
+
+
+def test_onnx_predictor_load_refuses_bf16(tiny):
+    from vitlab.export import OnnxPredictor
+
+    with pytest.raises(VitlabError, match="exported fp32 graph: use --precision fp32"):
+        OnnxPredictor.load(tiny[1], precision="bf16")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vitlab
+from vitlab.checkpoint import load_model, save_model
 from vitlab.errors import VitlabError
 from vitlab.layers import Attention, explicit_attention
 from vitlab.layers.efficient_attention import (
@@ -191,11 +192,25 @@ def test_vit_drop_in_trains_and_fused_equals_explicit(kind):
         torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
 
 
-def test_full_attention_checkpoint_loads_into_sparse_drop_ins():
-    full = vitlab.create_model("vit_micro_patch4_32", num_classes=5)
-    for kind in ("local", "strided", "axial"):
-        model = vitlab.create_model("vit_micro_patch4_32", num_classes=5, attention=kind)
-        model.load_state_dict(full.state_dict())     # same parameters: only the pattern differs
+def test_full_attention_checkpoint_loads_into_sparse_drop_ins(tmp_path):
+    torch.manual_seed(0)
+    full = vitlab.create_model("vit_micro_patch4_32", num_classes=5).eval()
+    save_model(full, tmp_path / "full")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = full.forward_features(x)                                 # tokens (2, 1 + 64, 64)
+    n = full.patch_embed.num_patches                                        # 64 patch tokens
+    for kind, extra in (("local", {"attn_window": n}), ("local", {}), ("strided", {}), ("axial", {})):
+        model = load_model(tmp_path / "full", attention=kind, **extra)
+        assert model.cfg.attention == kind
+        loaded, saved = model.state_dict(), full.state_dict()
+        assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+        with torch.no_grad():
+            got = model.forward_features(x)
+        if extra:           # one block of all 64 patches: full attention with the same weights, the same tokens
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        else:               # the same weights under a sparse pattern: another function of the input
+            assert (got - expected).abs().max() > 1e-2, kind
 
 
 def test_unknown_attention_type_is_a_one_line_error():

@@ -19,6 +19,7 @@ import torch
 import vitlab
 from vitlab.bench.flops import model_summary
 from vitlab.bench.table import PUBLISHED
+from vitlab.registry import model_task
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -80,10 +81,15 @@ WIDTH_FIELDS = {"dim", "dims", "widths", "embed_dim", "num_heads", "tokens_mlp_d
                 "stem_width", "img_size"}
 
 
+# The classification contract (forward_features / forward_head / num_classes logits); detection models have their
+# own (tests/models/test_detr.py).
+CLASSIFIERS = [n for n in vitlab.list_models() if model_task(n) == "classification"]
+
+
 def _representatives() -> list[str]:
     """The narrowest registered name of each distinct small structure."""
     seen: dict[str, tuple[int, str]] = {}
-    for name in vitlab.list_models():
+    for name in CLASSIFIERS:
         if name in KNOWN_BROKEN:
             continue
         model = _meta_model(name, **_small_overrides(name))
@@ -94,7 +100,7 @@ def _representatives() -> list[str]:
     return sorted(name for _, name in seen.values())
 
 
-@pytest.mark.parametrize("name", vitlab.list_models())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_builds_at_full_size_with_contract(name):
     if name in KNOWN_BROKEN:
         with pytest.raises(Exception):   # noqa: B017 - any failure to build is the known breakage

@@ -1,9 +1,16 @@
 """CvT: squeezed k/v (stride 2), the [CLS] token only in the last stage, fused and explicit attention agree."""
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 import vitlab
+from vitlab.errors import VitlabError
+from vitlab.models.cvt import ConvAttention
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")     # transformers (the last test) never looks up the hub
 
 
 def _record(attn: torch.nn.Module, store: list) -> None:
@@ -39,3 +46,22 @@ def test_class_token_only_in_the_last_stage():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert model.eval().forward_features(x).shape == (1, 1 + 4 * 4, 384)   # stride 16
+
+
+def test_strided_queries_are_refused_with_the_reason():
+    """stride_q > 1 would give the attention fewer output tokens than the residual it is added to."""
+    message = r"CvT stride_q must be 1, got 2: the block's residual adds the attention output to its input"
+    with pytest.raises(VitlabError, match=message):
+        vitlab.create_model("cvt_micro_32", stride_q=2)
+    with pytest.raises(VitlabError, match=message):
+        ConvAttention(16, 2, stride_q=2)
+    ConvAttention(16, 2, stride_q=1)                                     # the paper's setting builds
+
+
+def test_an_hf_cvt_with_strided_queries_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="HF transformers writes the directory")
+    cfg = transformers.CvtConfig(embed_dim=[8, 16, 24], num_heads=[1, 2, 3], depth=[1, 2, 3],
+                                 drop_path_rate=[0.0, 0.0, 0.0], stride_q=[2, 2, 2], num_labels=3)
+    transformers.CvtForImageClassification(cfg).save_pretrained(tmp_path)
+    with pytest.raises(VitlabError, match="CvT stride_q must be 1, got 2"):
+        vitlab.create_model("cvt_13_224", checkpoint_path=tmp_path)

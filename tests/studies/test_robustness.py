@@ -1,13 +1,14 @@
 import argparse
 import json
 
+import pytest
 import torch
 
 from vitlab import create_model
 from vitlab.checkpoint import save_model
 from vitlab.io import write_json
 from vitlab.studies import available_studies
-from vitlab.studies.robustness import drop_patches, fgsm, pgd, run, shuffle_patches
+from vitlab.studies.robustness import drop_patches, fgsm, judge, pgd, run, shuffle_patches
 
 
 
@@ -62,4 +63,40 @@ def test_tiny_study_on_saved_models(tmp_path):
     for r in res["models"].values():
         assert len(r["patch_drop"]) == 10 and list(r["patch_shuffle"]) == [1, 2, 4, 8]
         assert r["patch_drop"][0.0] == r["clean"] and r["fgsm"][0.0] == r["pgd"][0.0]   # eps 0: clean subset
-    assert res["claims"]["reproduced"] in (True, False)
+    # every verdict is what the reported accuracies imply: mean corrupted accuracy / clean accuracy, compared
+    for key in ("patch_drop", "patch_shuffle", "noise", "fgsm", "pgd"):
+        kept = {label: _kept_by_hand(r[key], r["clean"]) for label, r in res["models"].items()}
+        claim = res["claims"][key]
+        assert claim["vit_relative"] == pytest.approx(kept["ViT"], abs=1e-4)
+        assert claim["resnet_relative"] == pytest.approx(kept["ResNet"], abs=1e-4)
+        expected = None if None in kept.values() else kept["ViT"] > kept["ResNet"]
+        assert claim["vit_more_robust"] is expected
+    assert res["claims"]["reproduced"] is res["claims"]["patch_drop"]["vit_more_robust"]
+    assert saved["claims"] == json.loads(json.dumps(res["claims"]))
+
+
+def _kept_by_hand(curve, clean):
+    corrupted = list(curve.values())[1:]                                   # the first level is the clean one
+    return None if clean == 0 else sum(corrupted) / len(corrupted) / clean
+
+
+def _models(vit_drop, resnet_drop, vit_clean=80.0, resnet_clean=90.0):
+    other = {0.0: 50.0, 1.0: 25.0}
+    return {label: {"clean": clean, "patch_drop": drop, "patch_shuffle": other, "noise": other, "fgsm": other,
+                    "pgd": other} for label, clean, drop in (("ViT", vit_clean, vit_drop),
+                                                             ("ResNet", resnet_clean, resnet_drop))}
+
+
+def test_judge_on_numbers_worked_by_hand():
+    # ViT keeps (60 + 40) / 2 / 80 = 0.625 of its clean accuracy, ResNet (45 + 9) / 2 / 90 = 0.3
+    claims = judge(_models({0.0: 80.0, 0.5: 60.0, 0.9: 40.0}, {0.0: 90.0, 0.5: 45.0, 0.9: 9.0}))
+    assert claims["patch_drop"] == {"vit_relative": 0.625, "resnet_relative": 0.3, "vit_more_robust": True}
+    assert claims["reproduced"] is True and claims["summary"].endswith("claim reproduced")
+    assert claims["noise"] == {"vit_relative": 0.3125, "resnet_relative": 0.2778, "vit_more_robust": True}  # 25/80
+    # the other way round: ViT 20 / 80 = 0.25 against ResNet 0.3
+    claims = judge(_models({0.0: 80.0, 0.5: 20.0}, {0.0: 90.0, 0.5: 45.0, 0.9: 9.0}))
+    assert claims["patch_drop"]["vit_relative"] == 0.25 and claims["patch_drop"]["vit_more_robust"] is False
+    assert claims["reproduced"] is False and claims["summary"].endswith("claim not reproduced")
+    # a model at 0% clean accuracy keeps nothing measurable: no verdict
+    claims = judge(_models({0.0: 0.0, 0.5: 0.0}, {0.0: 90.0, 0.5: 45.0}, vit_clean=0.0))
+    assert claims["patch_drop"] == {"vit_relative": None, "resnet_relative": 0.5, "vit_more_robust": None}

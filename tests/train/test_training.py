@@ -66,7 +66,7 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
     run_training(cfg)
     before = load_file(tmp_path / "run" / "model.safetensors")
 
-    import vitlab.checkpoint as ckpt
+    import vitlab.checkpoint_files as ckpt
 
     def dying_save(tensors, filename, metadata=None):
         with open(filename, "wb") as f:

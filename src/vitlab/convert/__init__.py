@@ -2,6 +2,9 @@
 
 `read_checkpoint(path) -> Checkpoint` detects the format from the file(s). Each format module registers a
 detector + reader in FORMATS; later model issues add their key tables to the same machinery.
+
+Layering: convert builds on vitlab.variants (model names, configs) and vitlab.checkpoint_files (the vitlab
+directory's two files) and never imports vitlab.checkpoint or vitlab.registry, which build on it.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
+from ..checkpoint_files import WEIGHTS_NAME, is_vitlab_dir, read_config, read_weights
 from ..errors import VitlabError
 
 
@@ -42,8 +46,6 @@ def register_format(fmt: Format) -> Format:
 
 
 def _read_vitlab(path: Path, **_: Any) -> Checkpoint:
-    from ..checkpoint import WEIGHTS_NAME, read_config, read_weights
-
     cfg = read_config(path)
     if "model" not in cfg:
         raise VitlabError(f"{path}/config.json names no model")
@@ -52,8 +54,6 @@ def _read_vitlab(path: Path, **_: Any) -> Checkpoint:
 
 
 def _is_vitlab(path: Path) -> bool:
-    from ..checkpoint import is_vitlab_dir
-
     return path.is_dir() and is_vitlab_dir(path)
 
 

@@ -7,11 +7,14 @@ A table is a list of (foreign, vitlab) name templates. `{i}` stands for a number
 
 `rename(state_dict, table)` translates foreign -> vitlab, `rename(state_dict, table, reverse=True)` the other way;
 keys no template matches are returned apart, so the caller can report them. Shape work that a rename cannot do
-(q/k/v fusion, transposes) lives in small transforms next to the table that needs them.
+(q/k/v fusion, transposes) lives in small transforms next to the table that needs them. `group_keys` summarises
+a list of keys for an error message (used by every converter and by vitlab.checkpoint); `rename_or_raise` is
+the converters' strict rename: every key translated, or one error listing those no template knows.
 """
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from functools import cache
 
 import torch
@@ -55,6 +58,27 @@ def rename(state_dict: dict[str, Tensor], table: KeyTable, reverse: bool = False
         else:
             out[new] = v
     return out, unknown
+
+
+def rename_or_raise(weights: dict[str, Tensor], table: KeyTable, *, what: str, prefix: str = "",
+                    head_table: KeyTable = ()) -> dict[str, Tensor]:
+    """Every key translated through the table, or VitlabError "`what`: <the keys nothing matched, grouped>".
+
+    `what` says whose weights and which converter ("ckpt.pth: timm weights this ViT converter does not support").
+    With `prefix` (an HF base-model prefix such as "vit"): keys under `prefix.` go through `table` with the prefix
+    removed, the others (the task head) through `head_table`; weights without any `prefix.` key (a bare *Model
+    save) go through both tables.
+    """
+    p = prefix + "."
+    if prefix and any(k.startswith(p) for k in weights):
+        sd, unknown = rename({k[len(p):]: v for k, v in weights.items() if k.startswith(p)}, table)
+        heads, unknown_heads = rename({k: v for k, v in weights.items() if not k.startswith(p)}, head_table)
+        sd, unknown = {**sd, **heads}, [p + k for k in unknown] + unknown_heads
+    else:
+        sd, unknown = rename(weights, list(table) + list(head_table))
+    if unknown:
+        raise VitlabError(f"{what}: {group_keys(sorted(unknown))}")
+    return sd
 
 
 # --- transforms shared by several tables -------------------------------------------------------------------------
@@ -106,3 +130,24 @@ def count_blocks(keys: list[str] | set[str], pattern: str) -> int:
     rx = _template_regex(pattern)
     idx = [int(m.group("i")) for k in keys if (m := rx.match(k))]
     return max(idx) + 1 if idx else 0
+
+
+def group_keys(keys: list[str], limit: int = 8) -> str:
+    """Summarise keys by pattern: 'blocks.{0..11}.attn.qkv.weight' rather than twelve lines."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for k in keys:
+        parts = k.split(" ")[0].split(".")
+        pattern = ".".join("#" if p.isdigit() else p for p in parts)
+        nums = [p for p in parts if p.isdigit()]
+        groups[pattern + (" " + " ".join(k.split(" ")[1:]) if " " in k else "")].append(".".join(nums))
+    out = []
+    for pattern, nums in groups.items():
+        if len(nums) > 1 and all(nums):
+            idx = sorted({int(n.split(".")[0]) for n in nums})
+            rng = f"{{{idx[0]}..{idx[-1]}}}" if idx == list(range(idx[0], idx[-1] + 1)) else "{" + ",".join(
+                map(str, idx)) + "}"
+            out.append(pattern.replace("#", rng, 1).replace("#", "*"))
+        else:
+            out.append(pattern.replace("#", nums[0].split(".")[0] if nums and nums[0] else "#", 1))
+    shown = ", ".join(out[:limit])
+    return shown + (f" (+{len(out) - limit} more)" if len(out) > limit else "")

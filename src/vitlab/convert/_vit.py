@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..variants import build_model, list_models
 from . import Checkpoint
 from ._keymap import count_blocks
 
@@ -78,8 +80,6 @@ def mlp_ratio_for(hidden: int, dim: int) -> float:
 
 def vit_model_name(family: str, args: dict[str, Any]) -> str:
     """A registered name close to the architecture (the arguments stored beside it carry the exact settings)."""
-    from ..registry import list_models
-
     size = SIZE_BY_DIM.get(args["dim"], "base")
     img = args["img_size"] if isinstance(args["img_size"], int) else 224
     if family == "deit":
@@ -126,9 +126,5 @@ def vit_checkpoint(sd: dict[str, Tensor], *, family: str, source: str, num_heads
 
 def registered_config(name: str) -> Any:
     """The config dataclass of a registered model, built on the meta device (no memory, no init cost)."""
-    import torch
-
-    from ..registry import create_model
-
     with torch.device("meta"):
-        return create_model(name).cfg
+        return build_model(name).cfg

@@ -25,8 +25,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import Checkpoint, Format, register_format
-from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
+from ._keymap import KeyTable, fuse_qkv, rename, rename_or_raise, split_qkv
 from ._vit import vit_checkpoint
 from .safe_load import load_safetensors, load_torch
 
@@ -158,7 +159,6 @@ HF_VIT_HEAD_KEYS: KeyTable = [("classifier.{p}", "head.{p}")]
 HF_DEIT_TEACHER_HEAD_KEYS: KeyTable = [("cls_classifier.{p}", "head.{p}"),
                                        ("distillation_classifier.{p}", "head_dist.{p}")]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_NORMALISATION = {"vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "deit": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
@@ -189,19 +189,10 @@ def vit_from_hf(config: HFConfig, weights: dict[str, Tensor], path: Path) -> Che
 def vitlab_names_from_hf(weights: dict[str, Tensor], model_type: str, path: Path | str = "checkpoint"
                          ) -> dict[str, Tensor]:
     """On-disk (or transformers-5 in-memory) HF ViT/DeiT names -> vitlab names, q/k/v fused."""
-    prefix = f"{model_type}."
-    has_prefix = any(k.startswith(prefix) for k in weights)
-    body = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)} if has_prefix else weights
-    rest = {k: v for k, v in weights.items() if not k.startswith(prefix)} if has_prefix else {}
-    teacher = any(k.startswith("distillation_classifier.") for k in rest)
-    heads, unknown_heads = rename(rest, HF_DEIT_TEACHER_HEAD_KEYS if teacher else HF_VIT_HEAD_KEYS)
-    sd, unknown = rename(body, HF_VIT_KEYS + HF5_VIT_KEYS)
-    unknown = [prefix + k if has_prefix else k for k in unknown] + unknown_heads
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: weights this ViT/DeiT converter does not know: {group_keys(sorted(unknown))}")
-    return fuse_qkv({**sd, **heads})
+    teacher = any(k.startswith("distillation_classifier.") for k in weights)
+    return fuse_qkv(rename_or_raise(weights, HF_VIT_KEYS + HF5_VIT_KEYS, prefix=model_type,
+                                    head_table=HF_DEIT_TEACHER_HEAD_KEYS if teacher else HF_VIT_HEAD_KEYS,
+                                    what=f"{path}: weights this ViT/DeiT converter does not know"))
 
 
 def _hf_classes(config: HFConfig) -> list[str] | None:

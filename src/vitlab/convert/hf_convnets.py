@@ -13,11 +13,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import Checkpoint
-from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
+from ._keymap import KeyTable, fuse_qkv, rename, rename_or_raise, split_qkv
 from .hf import HFArchitecture, HFConfig, _hf_classes, register_hf_architecture
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MAX_STAGES = 8          # key tables are written out per stage: HF counts stages from 0, torchvision from layer1
 
 
@@ -52,7 +52,8 @@ def resnet_from_hf(config: HFConfig, weights: dict[str, Tensor], path: Path) -> 
     _refuse(path, [(config.get("hidden_act", "relu") != "relu", f"hidden_act {config.get('hidden_act')!r}"),
                    (config.get("downsample_in_first_stage", False), "downsample_in_first_stage"),
                    (config.get("downsample_in_bottleneck", False), "downsample_in_bottleneck (ResNet v1 strides)")])
-    sd = _rename(weights, "resnet", HF_RESNET_KEYS, HF_RESNET_HEAD_KEYS, path, "ResNet")
+    sd = fuse_qkv(rename_or_raise(weights, HF_RESNET_KEYS, prefix="resnet", head_table=HF_RESNET_HEAD_KEYS,
+                                  what=f"{path}: weights this ResNet converter does not know"))
     block = config.get("layer_type", "bottleneck")
     sizes = [int(x) for x in config.get("hidden_sizes", (256, 512, 1024, 2048))]
     args: dict[str, Any] = dict(
@@ -106,7 +107,8 @@ def cvt_from_hf(config: HFConfig, weights: dict[str, Tensor], path: Path) -> Che
                     f"qkv_projection_method {config.get('qkv_projection_method')}"),
                    (set(config.get("padding_q", [kernel // 2])) | set(config.get("padding_kv", [kernel // 2]))
                     != {kernel // 2}, "padding_q/padding_kv other than kernel_qkv // 2")])
-    sd = _rename(weights, "cvt", HF_CVT_KEYS, HF_CVT_HEAD_KEYS, path, "CvT")
+    sd = fuse_qkv(rename_or_raise(weights, HF_CVT_KEYS, prefix="cvt", head_table=HF_CVT_HEAD_KEYS,
+                                  what=f"{path}: weights this CvT converter does not know"))
     args: dict[str, Any] = dict(
         dims=[int(x) for x in config["embed_dim"]], depths=[int(x) for x in config["depth"]],
         num_heads=[int(x) for x in config["num_heads"]], patch_sizes=[int(x) for x in config["patch_sizes"]],
@@ -144,7 +146,8 @@ CONVNEXT_NAMES = {((96, 192, 384, 768), (3, 3, 9, 3)): "convnext_tiny",
 def convnext_from_hf(config: HFConfig, weights: dict[str, Tensor], path: Path) -> Checkpoint:
     """ConvNextForImageClassification / ConvNextModel directory -> vitlab convnext_* Checkpoint."""
     _refuse(path, [(config.get("hidden_act", "gelu") != "gelu", f"hidden_act {config.get('hidden_act')!r}")])
-    sd = _rename(weights, "convnext", HF_CONVNEXT_KEYS, HF_CONVNEXT_HEAD_KEYS, path, "ConvNeXt")
+    sd = fuse_qkv(rename_or_raise(weights, HF_CONVNEXT_KEYS, prefix="convnext", head_table=HF_CONVNEXT_HEAD_KEYS,
+                                  what=f"{path}: weights this ConvNeXt converter does not know"))
     patch = config.get("patch_size", 4)
     img = config.get("image_size", 224)
     args: dict[str, Any] = dict(
@@ -166,23 +169,6 @@ def _refuse(path: Path, checks: list[tuple[bool, str]]) -> None:
     bad = [msg for failed, msg in checks if failed]
     if bad:
         raise VitlabError(f"{path}: not supported by the vitlab model: {'; '.join(bad)}")
-
-
-def _rename(weights: dict[str, Tensor], prefix: str, body_table: KeyTable, head_table: KeyTable, path: Path,
-            family: str) -> dict[str, Tensor]:
-    """Strip the base-model prefix (absent in a bare *Model save), rename body and head, fuse q/k/v."""
-    p = prefix + "."
-    if any(k.startswith(p) for k in weights):
-        sd, unknown = rename({k[len(p):]: v for k, v in weights.items() if k.startswith(p)}, body_table)
-        heads, unknown_heads = rename({k: v for k, v in weights.items() if not k.startswith(p)}, head_table)
-        sd, unknown = {**sd, **heads}, [p + k for k in unknown] + unknown_heads
-    else:
-        sd, unknown = rename(weights, body_table + head_table)
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: weights this {family} converter does not know: {group_keys(sorted(unknown))}")
-    return fuse_qkv(sd)
 
 
 def _checkpoint(name: str, args: dict[str, Any], sd: dict[str, Tensor], config: HFConfig) -> Checkpoint:

@@ -14,8 +14,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import Checkpoint
-from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
+from ._keymap import KeyTable, fuse_qkv, rename, rename_or_raise, split_qkv
 from .hf import HFArchitecture, HFConfig, _hf_classes, register_hf_architecture
 
 _BLOCK = "encoder.layers.{i}.blocks.{j}"
@@ -71,18 +72,10 @@ def swin_from_hf(config: HFConfig, weights: dict[str, Tensor], path: Path) -> Ch
         raise VitlabError(f"{path}: Swin with absolute position embeddings is not supported")
     if config.get("hidden_act", "gelu") != "gelu":
         raise VitlabError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (exact GELU only)")
-    has_prefix = any(k.startswith("swin.") for k in weights)
-    body = {k[5:]: v for k, v in weights.items() if k.startswith("swin.")} if has_prefix else dict(weights)
-    rest = {k: v for k, v in weights.items() if not k.startswith("swin.")} if has_prefix else {}
-    body = {k: v for k, v in body.items() if not k.endswith("relative_position_index")}   # a buffer, rebuilt here
-    sd, unknown = rename(body, HF_SWIN_KEYS + HF5_SWIN_KEYS)
-    heads, unknown_heads = rename(rest, HF_SWIN_HEAD_KEYS)
-    unknown = [("swin." if has_prefix else "") + k for k in unknown] + unknown_heads
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: weights this Swin converter does not know: {group_keys(sorted(unknown))}")
-    sd = fuse_qkv(shift_merging({**sd, **heads}, +1))
+    weights = {k: v for k, v in weights.items() if not k.endswith("relative_position_index")}  # a buffer, rebuilt
+    sd = rename_or_raise(weights, HF_SWIN_KEYS + HF5_SWIN_KEYS, prefix="swin", head_table=HF_SWIN_HEAD_KEYS,
+                         what=f"{path}: weights this Swin converter does not know")
+    sd = fuse_qkv(shift_merging(sd, +1))
     img = config.get("image_size", 224)
     patch = config.get("patch_size", 4)
     img = int(img[0]) if isinstance(img, (list, tuple)) and img[0] == img[1] else img
@@ -96,7 +89,7 @@ def swin_from_hf(config: HFConfig, weights: dict[str, Tensor], path: Path) -> Ch
         "drop_path_rate": float(config.get("drop_path_rate", 0.1)),
         "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0}
     pre = config.get("_preprocessor", {})
-    mean, std = pre.get("image_mean", (0.485, 0.456, 0.406)), pre.get("image_std", (0.229, 0.224, 0.225))
+    mean, std = pre.get("image_mean", IMAGENET_MEAN), pre.get("image_std", IMAGENET_STD)
     args["mean"], args["std"] = [float(x) for x in mean], [float(x) for x in std]
     meta: dict[str, Any] = {"source_format": "hf", "mean": args["mean"], "std": args["std"]}
     if classes := _hf_classes(config):

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..errors import VitlabError
 from ..layers import to_2tuple
 from . import Checkpoint, Format, register_format
-from ._keymap import KeyTable, fuse_qkv, rename, split_qkv
+from ._keymap import KeyTable, fuse_qkv, rename, rename_or_raise, split_qkv
 from ._vit import vit_checkpoint
 
 log = logging.getLogger(__name__)
@@ -158,13 +158,8 @@ def vitlab_names_from_npz(arrays: dict[str, np.ndarray], path: Path | str = "che
         if v.dtype.kind not in "fiu":
             raise VitlabError(f"{path}: {k} has dtype {v.dtype}; only float/int arrays are read")
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v)).float()
-    sd, unknown = rename(tensors, LAYOUTS[layout])
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: {layout} arrays this ViT converter does not support: "
-                          f"{group_keys(sorted(unknown))}")
-    return sd, layout
+    return rename_or_raise(tensors, LAYOUTS[layout], what=f"{path}: {layout} arrays this ViT converter does not "
+                                                          f"support"), layout
 
 
 def arrays_heads(sd: dict[str, Tensor]) -> int:

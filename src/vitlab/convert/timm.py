@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import VitlabError
 from . import Checkpoint, Format, register_format
-from ._keymap import KeyTable, rename
+from ._keymap import KeyTable, rename_or_raise
 from ._vit import registered_config, vit_checkpoint
 from .safe_load import TORCH_SUFFIXES, load_state_file
 
@@ -95,11 +95,7 @@ def _is_vit(sd: dict[str, Tensor]) -> bool:
 
 def read_timm_vit(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkpoint:
     """timm VisionTransformer / VisionTransformerDistilled (vit_*, deit_*) -> vitlab."""
-    vit_sd, unknown = rename(sd, TIMM_VIT_KEYS)
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: timm weights this ViT converter does not support: {group_keys(sorted(unknown))}")
+    vit_sd = rename_or_raise(sd, TIMM_VIT_KEYS, what=f"{path}: timm weights this ViT converter does not support")
     dim = vit_sd["patch_embed.proj.weight"].shape[0]
     named = registered_config(name) if name else None        # the head count a state dict cannot tell
     heads = named.num_heads if named is not None and named.dim == dim else None

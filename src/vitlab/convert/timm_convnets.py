@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import VitlabError
 from . import Checkpoint
-from ._keymap import KeyTable, count_blocks, rename
+from ._keymap import KeyTable, count_blocks, rename_or_raise
 from .timm import TimmFamily, register_timm_family
 
 TIMM_RESNET_KEYS: KeyTable = [
@@ -53,23 +53,14 @@ TIMM_MIXER_KEYS: KeyTable = [
 ]
 
 
-def _rename(sd: dict[str, Tensor], table: KeyTable, path: Path, family: str) -> dict[str, Tensor]:
-    out, unknown = rename(sd, table)
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: timm weights this {family} converter does not support (a variant we do not "
-                          f"have?): {group_keys(sorted(unknown))}")
-    return out
-
-
 def _num_classes(sd: dict[str, Tensor], key: str) -> int:
     return sd[key].shape[0] if key in sd else 0
 
 
 # --- ResNet ------------------------------------------------------------------------------------------------------
 def read_timm_resnet(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkpoint:
-    sd = _rename(sd, TIMM_RESNET_KEYS, path, "ResNet")
+    sd = rename_or_raise(sd, TIMM_RESNET_KEYS, what=f"{path}: timm weights this ResNet converter does not "
+                                                  f"support (a variant we do not have?)")
     stages = [s for s in range(1, 9) if f"layer{s}.0.conv1.weight" in sd]
     bottleneck = "layer1.0.conv3.weight" in sd
     stem = sd["conv1.weight"]                                              # (stem_width, in_chans, k, k)
@@ -92,7 +83,8 @@ def _is_resnet(sd: dict[str, Tensor]) -> bool:
 
 # --- ConvNeXt ----------------------------------------------------------------------------------------------------
 def read_timm_convnext(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkpoint:
-    sd = _rename(sd, TIMM_CONVNEXT_KEYS, path, "ConvNeXt")
+    sd = rename_or_raise(sd, TIMM_CONVNEXT_KEYS, what=f"{path}: timm weights this ConvNeXt converter does not "
+                                                  f"support (a variant we do not have?)")
     n_stages = count_blocks(sd.keys(), "stages.{i}.blocks.0.conv_dw.weight")
     dw = sd["stages.0.blocks.0.conv_dw.weight"]                            # (dim, 1, k, k)
     args: dict[str, Any] = dict(
@@ -115,7 +107,8 @@ def _is_convnext(sd: dict[str, Tensor]) -> bool:
 
 # --- ConvMixer ---------------------------------------------------------------------------------------------------
 def read_timm_convmixer(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkpoint:
-    sd = _rename(sd, TIMM_CONVMIXER_KEYS, path, "ConvMixer")
+    sd = rename_or_raise(sd, TIMM_CONVMIXER_KEYS, what=f"{path}: timm weights this ConvMixer converter does not "
+                                                  f"support (a variant we do not have?)")
     stem = sd["stem.proj.weight"]                                          # (dim, in_chans, p, p)
     dim, depth = stem.shape[0], count_blocks(sd.keys(), "blocks.{i}.conv_dw.weight")
     # Only timm's convmixer_768_32 was trained with ReLU; the activation has no weights to tell.
@@ -133,7 +126,8 @@ def _is_convmixer(sd: dict[str, Tensor]) -> bool:
 
 # --- MLP-Mixer ---------------------------------------------------------------------------------------------------
 def read_timm_mixer(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkpoint:
-    sd = _rename(sd, TIMM_MIXER_KEYS, path, "MLP-Mixer")
+    sd = rename_or_raise(sd, TIMM_MIXER_KEYS, what=f"{path}: timm weights this MLP-Mixer converter does not "
+                                                  f"support (a variant we do not have?)")
     stem = sd["stem.proj.weight"]                                          # (dim, in_chans, p, p)
     tokens = sd["blocks.0.mlp_tokens.fc1.weight"]                          # (D_S, num_patches)
     side = int(round(tokens.shape[1] ** 0.5))

@@ -17,8 +17,11 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..variants import list_models
 from . import Checkpoint
-from ._keymap import KeyTable, count_blocks, rename
+from ._keymap import KeyTable, count_blocks, rename_or_raise
+from ._vit import registered_config
 from .hf_swin import SWIN_SIZES, shift_merging
 from .timm import TimmFamily, register_timm_family
 
@@ -55,11 +58,8 @@ def read_timm_swin(sd: dict[str, Tensor], name: str | None, path: Path) -> Check
     original = is_original_layout(sd)
     masks = {k: v for k, v in sd.items() if k.endswith("attn_mask")}
     weights = {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
-    ours, unknown = rename(weights, ORIGINAL_SWIN_KEYS if original else TIMM_SWIN_KEYS)
-    if unknown:
-        from ..checkpoint import group_keys
-
-        raise VitlabError(f"{path}: Swin weights this converter does not support: {group_keys(sorted(unknown))}")
+    ours = rename_or_raise(weights, ORIGINAL_SWIN_KEYS if original else TIMM_SWIN_KEYS,
+                           what=f"{path}: Swin weights this converter does not support")
     if original:
         ours = shift_merging(ours, +1)
     args = swin_architecture(ours)
@@ -92,18 +92,14 @@ def swin_architecture(sd: dict[str, Tensor]) -> dict[str, Any]:
         "mlp_ratio": sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
         "qkv_bias": "layers.0.blocks.0.attn.qkv.bias" in sd, "norm_eps": 1e-5,
         "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def _registered_swin(name: str | None) -> Any:
     if not name:
         return None
-    from ..registry import list_models
-
     if name not in list_models("swin_*"):
         raise VitlabError(f"{name}: not a registered Swin model (choose from {', '.join(list_models('swin_*'))})")
-    from ._vit import registered_config
-
     return registered_config(name)
 
 

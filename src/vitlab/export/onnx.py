@@ -144,6 +144,17 @@ class OnnxPredictor(Predictor):
 
     model: OnnxModel
 
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
+             threads: int | None = None) -> OnnxPredictor:
+        """From a .onnx file `export_onnx` wrote, or RUN_DIR/model.onnx (`vitlab export RUN_DIR --onnx`).
+
+        Runs on the CPU whatever `device` says; `precision` must be fp32 (the exported graph's); threads: ONNX
+        Runtime's intra-op threads (None: one per core)."""
+        if precision != "fp32":
+            raise VitlabError("--runtime onnx runs the exported fp32 graph: use --precision fp32")
+        return load_onnx_predictor(checkpoint, threads=threads)
+
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
@@ -179,8 +190,6 @@ def export_checkpoint(checkpoint: str, out: str | Path | None = None, *, opset: 
 
     out defaults to RUN_DIR/model.onnx for a directory, else ./<model name>.onnx. With check, the ONNX Runtime
     logits are compared with eager PyTorch's at batch sizes 1 and 3."""
-    from ..predict import Predictor
-
     predictor = Predictor.load(checkpoint)
     model = predictor.model
     if out is None:

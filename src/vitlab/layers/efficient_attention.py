@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VitlabError
-from .attention import Attention
+from .attention import Attention, split_fused_heads, split_heads
 
 ATTENTION_TYPES = ("full", "local", "strided", "axial", "linformer", "kv_pool")
 
@@ -58,12 +58,6 @@ def make_attention(kind: str, dim: int, num_heads: int, *, grid_size: tuple[int,
     raise VitlabError(f"unknown attention type {kind!r} (choose from {', '.join(ATTENTION_TYPES)})")
 
 
-def _split_heads(attn: Attention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    B, N, _ = x.shape
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim)
-    return qkv.permute(2, 0, 3, 1, 4).unbind(0)                                   # each (B, h, N, d)
-
-
 def _merge_heads(attn: Attention, out: Tensor) -> Tensor:
     B, h, N, d = out.shape
     return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(B, N, h * d)))   # (B, N, dim)
@@ -84,7 +78,7 @@ class _BlockSparseAttention(Attention):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         if attn_mask is not None:
             raise ValueError(f"{type(self).__name__} builds its own sparsity pattern; attn_mask is not supported")
-        q, k, v = _split_heads(self, x)                                           # each (B, h, N, d)
+        q, k, v = split_fused_heads(self.qkv(x), self.num_heads)  # each (B, h, N, d)
         return _merge_heads(self, self._attend_pattern(q, k, v))
 
     def _attend_pattern(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -168,7 +162,7 @@ class AxialAttention(Attention):
         if attn_mask is not None:
             raise ValueError("AxialAttention builds its own pattern; attn_mask is not supported")
         p, (H, W) = self.num_prefix_tokens, self.grid_size
-        q, k, v = _split_heads(self, x)                                           # each (B, h, p + H*W, d)
+        q, k, v = split_fused_heads(self.qkv(x), self.num_heads)  # each (B, h, p + H*W, d)
         B, h, N, d = q.shape
         if N != p + H * W:
             raise ValueError(f"AxialAttention built for {p} + {H}x{W} tokens, got {N}")
@@ -203,7 +197,7 @@ class LinformerAttention(Attention):
             raise ValueError("LinformerAttention does not support attn_mask")
         if x.shape[1] != self.num_tokens:
             raise ValueError(f"LinformerAttention built for {self.num_tokens} tokens, got {x.shape[1]}")
-        q, k, v = _split_heads(self, x)                                           # each (B, h, n, d)
+        q, k, v = split_fused_heads(self.qkv(x), self.num_heads)  # each (B, h, n, d)
         k = self.E.to(k.dtype) @ k                                               # (B, h, k, d)
         v = self.F.to(v.dtype) @ v                                               # (B, h, k, d)
         return _merge_heads(self, self.attend(q, k, v))                          # weights (B, h, n, k)
@@ -240,12 +234,9 @@ class KVPoolAttention(Attention):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         if attn_mask is not None:
             raise ValueError("KVPoolAttention does not support attn_mask")
-        B, N, C = x.shape
-        h, d = self.num_heads, self.head_dim
+        C, h = x.shape[-1], self.num_heads
         w_q, w_kv = self.qkv.weight[:C], self.qkv.weight[C:]                     # the fused projection, split
         b_q, b_kv = (self.qkv.bias[:C], self.qkv.bias[C:]) if self.qkv.bias is not None else (None, None)
-        q = F.linear(x, w_q, b_q).view(B, N, h, d).transpose(1, 2)               # (B, h, N, d)
-        xr = self.reduce(x)                                                       # (B, M, C)
-        kv = F.linear(xr, w_kv, b_kv).view(B, xr.shape[1], 2, h, d)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                               # each (B, h, M, d)
+        q = split_heads(F.linear(x, w_q, b_q), h)                                # (B, h, N, d)
+        k, v = split_fused_heads(F.linear(self.reduce(x), w_kv, b_kv), h, parts=2)  # each (B, h, M, d)
         return _merge_heads(self, self.attend(q, k, v))                          # weights (B, h, N, M)

@@ -15,9 +15,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..layers import PatchEmbed
-from ..registry import register_model
-from .resnet import IMAGENET_MEAN, IMAGENET_STD
+from ..variants import register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..layers import DropPath, Mlp, drop_path_rates
-from ..registry import register_model
-from .resnet import IMAGENET_MEAN, IMAGENET_STD
+from ..variants import register_model
 
 
 @dataclass

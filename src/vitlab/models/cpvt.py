@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..registry import register_model
-from .resnet import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..variants import register_model
 from .vit import SIZES, VisionTransformer, ViTConfig
 
 
@@ -63,23 +63,69 @@ class CPVT(VisionTransformer):
         return self.norm(x)
 
 
-def _make_variant(name: str, size: str, patch: int, img: int, gap: bool, **defaults: Any) -> None:
-    def variant(**overrides: Any) -> CPVT:
-        head = dict(class_token=False, pool="avg") if gap else {}
-        return CPVT(ViTConfig(**{**SIZES[size], "patch_size": patch, "img_size": img, "mean": IMAGENET_MEAN,
-                                 "std": IMAGENET_STD, **head, **defaults, **overrides}))
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"CPVT ({size}{', GAP head' if gap else ''}), patch {patch}, built for {img}x{img}."
-    register_model(variant)
+def _cpvt(size: str, patch_size: int, img_size: int, overrides: dict[str, Any], gap: bool = False) -> CPVT:
+    head = dict(class_token=False, pool="avg") if gap else {}          # GAP: average of the patch tokens, no [CLS]
+    return CPVT(ViTConfig(**{**SIZES[size], "patch_size": patch_size, "img_size": img_size, "mean": IMAGENET_MEAN,
+                             "std": IMAGENET_STD, **head, **overrides}))
 
 
 # The paper's CPVT-Ti/S/B are DeiT-Ti/S/B with a PEG after block 0.
-for _short, _size in [("ti", "tiny"), ("s", "small"), ("b", "base")]:
-    _make_variant(f"cpvt_{_short}_patch16_224", _size, 16, 224, gap=False)
-    _make_variant(f"cpvt_{_short}_gap_patch16_224", _size, 16, 224, gap=True)
+@register_model
+def cpvt_ti_patch16_224(**kw: Any) -> CPVT:
+    """CPVT (tiny), patch 16, built for 224x224."""
+    return _cpvt("tiny", 16, 224, kw)
+
+
+@register_model
+def cpvt_ti_gap_patch16_224(**kw: Any) -> CPVT:
+    """CPVT (tiny, GAP head), patch 16, built for 224x224."""
+    return _cpvt("tiny", 16, 224, kw, gap=True)
+
+
+@register_model
+def cpvt_s_patch16_224(**kw: Any) -> CPVT:
+    """CPVT (small), patch 16, built for 224x224."""
+    return _cpvt("small", 16, 224, kw)
+
+
+@register_model
+def cpvt_s_gap_patch16_224(**kw: Any) -> CPVT:
+    """CPVT (small, GAP head), patch 16, built for 224x224."""
+    return _cpvt("small", 16, 224, kw, gap=True)
+
+
+@register_model
+def cpvt_b_patch16_224(**kw: Any) -> CPVT:
+    """CPVT (base), patch 16, built for 224x224."""
+    return _cpvt("base", 16, 224, kw)
+
+
+@register_model
+def cpvt_b_gap_patch16_224(**kw: Any) -> CPVT:
+    """CPVT (base, GAP head), patch 16, built for 224x224."""
+    return _cpvt("base", 16, 224, kw, gap=True)
+
+
 # Small-image variants (8-64 px data).
-_make_variant("cpvt_micro_patch4_32", "micro", 4, 32, gap=False)
-_make_variant("cpvt_micro_gap_patch4_32", "micro", 4, 32, gap=True)
-_make_variant("cpvt_ti_patch4_32", "tiny", 4, 32, gap=False)
-_make_variant("cpvt_ti_gap_patch4_32", "tiny", 4, 32, gap=True)
+@register_model
+def cpvt_micro_patch4_32(**kw: Any) -> CPVT:
+    """CPVT (micro), patch 4, built for 32x32."""
+    return _cpvt("micro", 4, 32, kw)
+
+
+@register_model
+def cpvt_micro_gap_patch4_32(**kw: Any) -> CPVT:
+    """CPVT (micro, GAP head), patch 4, built for 32x32."""
+    return _cpvt("micro", 4, 32, kw, gap=True)
+
+
+@register_model
+def cpvt_ti_patch4_32(**kw: Any) -> CPVT:
+    """CPVT (tiny), patch 4, built for 32x32."""
+    return _cpvt("tiny", 4, 32, kw)
+
+
+@register_model
+def cpvt_ti_gap_patch4_32(**kw: Any) -> CPVT:
+    """CPVT (tiny, GAP head), patch 4, built for 32x32."""
+    return _cpvt("tiny", 4, 32, kw, gap=True)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import VitlabError
-from ..layers import Attention, drop_path_rates, init_transformer_
-from ..registry import register_model
-from .resnet import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..layers import Attention, drop_path_rates, init_transformer_, split_heads
+from ..variants import register_model
 from .vit import Block
 
 
@@ -42,7 +42,7 @@ class CvTConfig:
     qkv_bias: bool = True
     kernel_qkv: int = 3                     # depthwise kernel of the convolutional projection
     stride_kv: int = 2                      # k/v sub-sampling (the paper's squeezed projection)
-    stride_q: int = 1
+    stride_q: int = 1                       # q sub-sampling: must be 1 (see ConvAttention); HF configs carry it
     cls_token: bool = True                  # [CLS] token in the last stage (else: average of the last map)
     norm_eps: float = 1e-5
     drop_rate: float = 0.0
@@ -70,12 +70,17 @@ class ConvAttention(Attention):
     """Attention with the convolutional projection (§3.2): q, k, v each from its own depthwise conv + BN of the
     token map, then the shared `qkv` linear (split in three). x (B, [1 +] h*w, dim) -> same shape.
 
-    The [CLS] token skips the convolutions and joins q, k and v directly.
+    The [CLS] token skips the convolutions and joins q, k and v directly. Queries keep every token (stride_q 1,
+    as in the paper and the official code): the block adds the attention output to its input, token for token,
+    so a strided q projection (fewer output tokens) is refused rather than silently mis-shaped.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, kernel_size: int = 3, stride_q: int = 1, stride_kv: int = 2,
                  num_prefix_tokens: int = 0) -> None:
+        if stride_q != 1:
+            raise VitlabError(f"CvT stride_q must be 1, got {stride_q}: the block's residual adds the attention "
+                              f"output to its input token for token (pooled queries are MViT's: the mvit_* models)")
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         self.scale = dim ** -0.5
         self.num_prefix_tokens = num_prefix_tokens
@@ -92,7 +97,7 @@ class ConvAttention(Attention):
         heads = []
         for conv, w, b in ((self.conv_proj_q, w_q, b_q), (self.conv_proj_k, w_k, b_k), (self.conv_proj_v, w_v, b_v)):
             t = F.linear(torch.cat([prefix, conv(feat)], dim=1), w, b)         # (B, prefix + n, C), n = h*w / s^2
-            heads.append(t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2))  # (B, h, n, d)
+            heads.append(split_heads(t, self.num_heads))                        # (B, h, prefix + n, d)
         x = self.attend(*heads)                                                 # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))

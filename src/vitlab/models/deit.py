@@ -17,11 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import register_model
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..variants import register_model
 from .vit import SIZES, VisionTransformer, ViTConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -78,18 +76,54 @@ class DeiT(VisionTransformer):
 
 
 # --- variants ----------------------------------------------------------------------------------------------------
-def _make_variant(size: str, img: int, distilled: bool) -> None:
-    name = f"deit_{size}_{'distilled_' if distilled else ''}patch16_{img}"
-
-    def variant(**overrides: Any) -> DeiT:
-        return DeiT(DeiTConfig(**{**SIZES[size], "patch_size": 16, "img_size": img, "distilled": distilled,
-                                  **overrides}))
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"DeiT-{size[0].upper()}{' distilled' if distilled else ''} (16x16 patches) at {img}x{img}."
-    register_model(variant)
+def _deit(size: str, img_size: int, overrides: dict[str, Any], distilled: bool = False) -> DeiT:
+    return DeiT(DeiTConfig(**{**SIZES[size], "patch_size": 16, "img_size": img_size, "distilled": distilled,
+                              **overrides}))
 
 
-for _size, _img in [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]:
-    for _distilled in (False, True):
-        _make_variant(_size, _img, _distilled)
+@register_model
+def deit_tiny_patch16_224(**kw: Any) -> DeiT:
+    """DeiT-T (16x16 patches) at 224x224."""
+    return _deit("tiny", 224, kw)
+
+
+@register_model
+def deit_tiny_distilled_patch16_224(**kw: Any) -> DeiT:
+    """DeiT-T distilled (16x16 patches) at 224x224."""
+    return _deit("tiny", 224, kw, distilled=True)
+
+
+@register_model
+def deit_small_patch16_224(**kw: Any) -> DeiT:
+    """DeiT-S (16x16 patches) at 224x224."""
+    return _deit("small", 224, kw)
+
+
+@register_model
+def deit_small_distilled_patch16_224(**kw: Any) -> DeiT:
+    """DeiT-S distilled (16x16 patches) at 224x224."""
+    return _deit("small", 224, kw, distilled=True)
+
+
+@register_model
+def deit_base_patch16_224(**kw: Any) -> DeiT:
+    """DeiT-B (16x16 patches) at 224x224."""
+    return _deit("base", 224, kw)
+
+
+@register_model
+def deit_base_distilled_patch16_224(**kw: Any) -> DeiT:
+    """DeiT-B distilled (16x16 patches) at 224x224."""
+    return _deit("base", 224, kw, distilled=True)
+
+
+@register_model
+def deit_base_patch16_384(**kw: Any) -> DeiT:
+    """DeiT-B (16x16 patches) at 384x384."""
+    return _deit("base", 384, kw)
+
+
+@register_model
+def deit_base_distilled_patch16_384(**kw: Any) -> DeiT:
+    """DeiT-B distilled (16x16 patches) at 384x384."""
+    return _deit("base", 384, kw, distilled=True)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import VitlabError
 from ..layers import to_2tuple
-from ..registry import register_model
+from ..variants import register_model
 from .resnet import ResNet, ResNetConfig
 from .vit import SIZES, VisionTransformer, ViTConfig
 
@@ -69,23 +69,36 @@ class HybridViT(VisionTransformer):
         nn.init.zeros_(self.patch_embed.proj.bias)
 
 
-def _make_variant(name: str, size: str, img: int, backbone: dict[str, Any], doc: str) -> None:
-    def variant(**overrides: Any) -> HybridViT:
-        return HybridViT(ViTConfig(**{**SIZES[size], "img_size": img, "extra": {"backbone": backbone},
-                                      **overrides}))
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = doc
-    register_model(variant)
+def _hybrid(size: str, img_size: int, backbone: dict[str, Any], overrides: dict[str, Any]) -> HybridViT:
+    return HybridViT(ViTConfig(**{**SIZES[size], "img_size": img_size, "extra": {"backbone": backbone}, **overrides}))
 
 
 R26 = dict(block="bottleneck", layers=(2, 2, 2, 2))                         # 1 + 8*3 + 1 = 26 layers
-_make_variant("vit_small_r26_s32_224", "small", 224, R26, "ViT-S on ResNet-26 features (stride 32), 224x224.")
-_make_variant("vit_base_r26_s32_224", "base", 224, R26, "ViT-B on ResNet-26 features (stride 32), 224x224.")
-_make_variant("vit_base_r50_s16_224", "base", 224, dict(block="bottleneck", layers=(3, 4, 9), widths=(64, 128, 256)),
-              "ViT-B on ResNet-50 with stage 4 removed and stage 3 deepened to 9 blocks (the paper's R50+ViT-B/16).")
-# Small-image variant: CIFAR-style ResNet stem (3x3/1, no pool) and three basic stages of stride 1, 2, 2 -> a 8x8
-# token grid at 32 px.
-_make_variant("vit_micro_r8_s4_32", "micro", 32,
-              dict(block="basic", layers=(1, 1, 1), widths=(32, 64, 128), stem="small", stem_width=32),
-              "ViT-micro on a 7-conv CIFAR ResNet (stride 4, 8x8 tokens at 32x32).")
+# The paper's R50: stage 4 removed, stage 3 deepened to 9 blocks (stride 16).
+R50_S16 = dict(block="bottleneck", layers=(3, 4, 9), widths=(64, 128, 256))
+# CIFAR-style ResNet stem (3x3/1, no pool) and three basic stages of stride 1, 2, 2 -> a 8x8 token grid at 32 px.
+R8_S4 = dict(block="basic", layers=(1, 1, 1), widths=(32, 64, 128), stem="small", stem_width=32)
+
+
+@register_model
+def vit_small_r26_s32_224(**kw: Any) -> HybridViT:
+    """ViT-S on ResNet-26 features (stride 32), 224x224."""
+    return _hybrid("small", 224, R26, kw)
+
+
+@register_model
+def vit_base_r26_s32_224(**kw: Any) -> HybridViT:
+    """ViT-B on ResNet-26 features (stride 32), 224x224."""
+    return _hybrid("base", 224, R26, kw)
+
+
+@register_model
+def vit_base_r50_s16_224(**kw: Any) -> HybridViT:
+    """ViT-B on ResNet-50 with stage 4 removed and stage 3 deepened to 9 blocks (the paper's R50+ViT-B/16)."""
+    return _hybrid("base", 224, R50_S16, kw)
+
+
+@register_model
+def vit_micro_r8_s4_32(**kw: Any) -> HybridViT:
+    """ViT-micro on a 7-conv CIFAR ResNet (stride 4, 8x8 tokens at 32x32)."""
+    return _hybrid("micro", 32, R8_S4, kw)

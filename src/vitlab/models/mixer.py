@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..layers import DropPath, Mlp, PatchEmbed, drop_path_rates
-from ..registry import register_model
+from ..variants import register_model
 
 
 @dataclass
@@ -112,18 +112,54 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def _make_variant(name: str, size: str, patch: int, img: int) -> None:
-    def variant(**overrides: Any) -> MlpMixer:
-        return MlpMixer(MixerConfig(**{**SIZES[size], "patch_size": patch, "img_size": img, **overrides}))
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"Mixer-{size.upper() if len(size) == 1 else size}/{patch} at {img}x{img}."
-    register_model(variant)
+def _mixer(size: str, patch_size: int, img_size: int, overrides: dict[str, Any]) -> MlpMixer:
+    return MlpMixer(MixerConfig(**{**SIZES[size], "patch_size": patch_size, "img_size": img_size, **overrides}))
 
 
-for _size in ("s", "b", "l"):
-    for _patch in (16, 32):
-        _make_variant(f"mixer_{_size}{_patch}_224", _size, _patch, 224)
+@register_model
+def mixer_s16_224(**kw: Any) -> MlpMixer:
+    """Mixer-S/16 at 224x224."""
+    return _mixer("s", 16, 224, kw)
+
+
+@register_model
+def mixer_s32_224(**kw: Any) -> MlpMixer:
+    """Mixer-S/32 at 224x224."""
+    return _mixer("s", 32, 224, kw)
+
+
+@register_model
+def mixer_b16_224(**kw: Any) -> MlpMixer:
+    """Mixer-B/16 at 224x224."""
+    return _mixer("b", 16, 224, kw)
+
+
+@register_model
+def mixer_b32_224(**kw: Any) -> MlpMixer:
+    """Mixer-B/32 at 224x224."""
+    return _mixer("b", 32, 224, kw)
+
+
+@register_model
+def mixer_l16_224(**kw: Any) -> MlpMixer:
+    """Mixer-L/16 at 224x224."""
+    return _mixer("l", 16, 224, kw)
+
+
+@register_model
+def mixer_l32_224(**kw: Any) -> MlpMixer:
+    """Mixer-L/32 at 224x224."""
+    return _mixer("l", 32, 224, kw)
+
+
 # Small-image variants (8-64 px data).
-_make_variant("mixer_micro_patch4_32", "micro", 4, 32)
-_make_variant("mixer_micro_patch2_8", "micro", 2, 8)
+@register_model
+def mixer_micro_patch4_32(**kw: Any) -> MlpMixer:
+    """Mixer-micro/4 at 32x32."""
+    return _mixer("micro", 4, 32, kw)
+
+
+@register_model
+def mixer_micro_patch2_8(**kw: Any) -> MlpMixer:
+    """Mixer-micro/2 at 8x8."""
+    return _mixer("micro", 2, 8, kw)

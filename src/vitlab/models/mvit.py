@@ -20,11 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import VitlabError
-from ..layers import Attention, DropPath, Mlp, drop_path_rates, init_transformer_, resample_pos_embed
-from ..registry import register_model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..layers import (Attention, DropPath, Mlp, drop_path_rates, init_transformer_, resample_pos_embed,
+                     split_fused_heads)
+from ..variants import register_model
 
 
 @dataclass
@@ -102,8 +101,7 @@ class PoolingAttention(Attention):
         if attn_mask is not None:
             raise ValueError("PoolingAttention does not support attn_mask")
         B, N, C = x.shape                                                         # batch, p + H*W, channels
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                            # each (B, h, N, d)
+        q, k, v = split_fused_heads(self.qkv(x), self.num_heads)                  # each (B, h, N, d)
         q = self.pool(q, self.pool_q, self.norm_q)                                # (B, h, Nq, d)
         k = self.pool(k, self.pool_k, self.norm_k)                                # (B, h, Nkv, d)
         v = self.pool(v, self.pool_v, self.norm_v)

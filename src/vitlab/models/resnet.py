@@ -16,11 +16,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import VitlabError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..layers import DropPath, drop_path_rates
-from ..registry import register_model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..variants import register_model
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VitlabError
-from ..registry import register_model
+from ..variants import register_model
 
 
 @dataclass

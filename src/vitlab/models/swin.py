@@ -23,12 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VitlabError
-from ..layers import Attention, PatchEmbed, drop_path_rates, init_transformer_
-from ..registry import register_model
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..layers import Attention, PatchEmbed, drop_path_rates, init_transformer_, split_fused_heads
+from ..variants import register_model
 from .vit import Block
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -128,8 +126,7 @@ class WindowAttention(Attention):
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))                       # cyclic shift towards top-left
         windows = window_partition(x, M)                                          # (B*nW, M*M, C)
         Bw, n, _ = windows.shape
-        qkv = self.qkv(windows).reshape(Bw, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                            # each (B*nW, heads, M*M, d)
+        q, k, v = split_fused_heads(self.qkv(windows), self.num_heads)            # each (B*nW, heads, M*M, d)
         mask = self.position_bias().unsqueeze(0)                                  # (1, heads, M*M, M*M)
         if self.shift_mask is not None:
             mask = (mask.unsqueeze(0) + self.shift_mask[None, :, None])           # (1, nW, heads, M*M, M*M)

@@ -21,7 +21,7 @@ from ..errors import VitlabError
 from ..layers import (Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, init_transformer_, resample_pos_embed,
                       sincos_2d)
 from ..layers.efficient_attention import make_attention
-from ..registry import register_model
+from ..variants import register_model
 
 
 @dataclass
@@ -224,31 +224,165 @@ def _vit(size: str, patch_size: int, img_size: int, overrides: dict[str, Any], *
                                           **defaults, **overrides}))
 
 
-def _make_variant(size: str, patch: int, img: int, name: str | None = None, **defaults: Any) -> None:
-    name = name or f"vit_{size}_patch{patch}_{img}"
-
-    def variant(**overrides: Any) -> VisionTransformer:
-        return _vit(size, patch, img, overrides, **defaults)
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"ViT-{size.capitalize()}/{patch} at {img}x{img}."
-    register_model(variant)
-
-
 # ImageNet variants as timm names them.
-for _size, _patch, _img in [
-    ("tiny", 16, 224), ("tiny", 16, 384),
-    ("small", 32, 224), ("small", 32, 384), ("small", 16, 224), ("small", 16, 384), ("small", 8, 224),
-    ("base", 32, 224), ("base", 32, 384), ("base", 16, 224), ("base", 16, 384), ("base", 8, 224),
-    ("large", 32, 224), ("large", 32, 384), ("large", 16, 224), ("large", 16, 384), ("large", 14, 224),
-    ("huge", 14, 224),
-]:
-    _make_variant(_size, _patch, _img)
+@register_model
+def vit_tiny_patch16_224(**kw: Any) -> VisionTransformer:
+    """ViT-Tiny/16 at 224x224."""
+    return _vit("tiny", 16, 224, kw)
+
+
+@register_model
+def vit_tiny_patch16_384(**kw: Any) -> VisionTransformer:
+    """ViT-Tiny/16 at 384x384."""
+    return _vit("tiny", 16, 384, kw)
+
+
+@register_model
+def vit_small_patch32_224(**kw: Any) -> VisionTransformer:
+    """ViT-Small/32 at 224x224."""
+    return _vit("small", 32, 224, kw)
+
+
+@register_model
+def vit_small_patch32_384(**kw: Any) -> VisionTransformer:
+    """ViT-Small/32 at 384x384."""
+    return _vit("small", 32, 384, kw)
+
+
+@register_model
+def vit_small_patch16_224(**kw: Any) -> VisionTransformer:
+    """ViT-Small/16 at 224x224."""
+    return _vit("small", 16, 224, kw)
+
+
+@register_model
+def vit_small_patch16_384(**kw: Any) -> VisionTransformer:
+    """ViT-Small/16 at 384x384."""
+    return _vit("small", 16, 384, kw)
+
+
+@register_model
+def vit_small_patch8_224(**kw: Any) -> VisionTransformer:
+    """ViT-Small/8 at 224x224."""
+    return _vit("small", 8, 224, kw)
+
+
+@register_model
+def vit_base_patch32_224(**kw: Any) -> VisionTransformer:
+    """ViT-Base/32 at 224x224."""
+    return _vit("base", 32, 224, kw)
+
+
+@register_model
+def vit_base_patch32_384(**kw: Any) -> VisionTransformer:
+    """ViT-Base/32 at 384x384."""
+    return _vit("base", 32, 384, kw)
+
+
+@register_model
+def vit_base_patch16_224(**kw: Any) -> VisionTransformer:
+    """ViT-Base/16 at 224x224."""
+    return _vit("base", 16, 224, kw)
+
+
+@register_model
+def vit_base_patch16_384(**kw: Any) -> VisionTransformer:
+    """ViT-Base/16 at 384x384."""
+    return _vit("base", 16, 384, kw)
+
+
+@register_model
+def vit_base_patch8_224(**kw: Any) -> VisionTransformer:
+    """ViT-Base/8 at 224x224."""
+    return _vit("base", 8, 224, kw)
+
+
+@register_model
+def vit_large_patch32_224(**kw: Any) -> VisionTransformer:
+    """ViT-Large/32 at 224x224."""
+    return _vit("large", 32, 224, kw)
+
+
+@register_model
+def vit_large_patch32_384(**kw: Any) -> VisionTransformer:
+    """ViT-Large/32 at 384x384."""
+    return _vit("large", 32, 384, kw)
+
+
+@register_model
+def vit_large_patch16_224(**kw: Any) -> VisionTransformer:
+    """ViT-Large/16 at 224x224."""
+    return _vit("large", 16, 224, kw)
+
+
+@register_model
+def vit_large_patch16_384(**kw: Any) -> VisionTransformer:
+    """ViT-Large/16 at 384x384."""
+    return _vit("large", 16, 384, kw)
+
+
+@register_model
+def vit_large_patch14_224(**kw: Any) -> VisionTransformer:
+    """ViT-Large/14 at 224x224."""
+    return _vit("large", 14, 224, kw)
+
+
+@register_model
+def vit_huge_patch14_224(**kw: Any) -> VisionTransformer:
+    """ViT-Huge/14 at 224x224."""
+    return _vit("huge", 14, 224, kw)
+
 
 # Small-image variants (8-64 px data: digits, MNIST, CIFAR, shapes); the name says patch and input size.
-for _size, _patch, _img in [
-    ("micro", 2, 8), ("micro", 2, 16), ("micro", 4, 32), ("micro", 8, 64),
-    ("tiny", 2, 8), ("tiny", 4, 32), ("tiny", 8, 64),
-    ("small", 4, 32), ("small", 8, 64),
-]:
-    _make_variant(_size, _patch, _img)
+@register_model
+def vit_micro_patch2_8(**kw: Any) -> VisionTransformer:
+    """ViT-Micro/2 at 8x8."""
+    return _vit("micro", 2, 8, kw)
+
+
+@register_model
+def vit_micro_patch2_16(**kw: Any) -> VisionTransformer:
+    """ViT-Micro/2 at 16x16."""
+    return _vit("micro", 2, 16, kw)
+
+
+@register_model
+def vit_micro_patch4_32(**kw: Any) -> VisionTransformer:
+    """ViT-Micro/4 at 32x32."""
+    return _vit("micro", 4, 32, kw)
+
+
+@register_model
+def vit_micro_patch8_64(**kw: Any) -> VisionTransformer:
+    """ViT-Micro/8 at 64x64."""
+    return _vit("micro", 8, 64, kw)
+
+
+@register_model
+def vit_tiny_patch2_8(**kw: Any) -> VisionTransformer:
+    """ViT-Tiny/2 at 8x8."""
+    return _vit("tiny", 2, 8, kw)
+
+
+@register_model
+def vit_tiny_patch4_32(**kw: Any) -> VisionTransformer:
+    """ViT-Tiny/4 at 32x32."""
+    return _vit("tiny", 4, 32, kw)
+
+
+@register_model
+def vit_tiny_patch8_64(**kw: Any) -> VisionTransformer:
+    """ViT-Tiny/8 at 64x64."""
+    return _vit("tiny", 8, 64, kw)
+
+
+@register_model
+def vit_small_patch4_32(**kw: Any) -> VisionTransformer:
+    """ViT-Small/4 at 32x32."""
+    return _vit("small", 4, 32, kw)
+
+
+@register_model
+def vit_small_patch8_64(**kw: Any) -> VisionTransformer:
+    """ViT-Small/8 at 64x64."""
+    return _vit("small", 8, 64, kw)
