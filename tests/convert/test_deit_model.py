@@ -19,21 +19,25 @@ def test_variants_registered():
     assert m.pos_embed.shape == (1, 2 + 24 * 24, 768)
 
 
-def test_distilled_heads_training_tuple_eval_average():
+def test_distilled_heads_are_named_outputs_in_both_modes():
     torch.manual_seed(0)
     m = create_model("deit_tiny_distilled_patch16_224", depth=2, img_size=32, num_classes=5)
     x = torch.randn(3, 3, 32, 32)
     m.train()
-    cls_logits, dist_logits = m(x)
+    out = m(x)
+    assert set(out) == {"logits", "cls_logits", "distillation_logits"}
+    cls_logits, dist_logits = out["cls_logits"], out["distillation_logits"]
     assert cls_logits.shape == dist_logits.shape == (3, 5)
     assert not torch.allclose(cls_logits, dist_logits)
+    torch.testing.assert_close(out["logits"], (cls_logits + dist_logits) / 2)
     m.eval()
     with torch.no_grad():
         tokens = m.forward_features(x)                                  # (B, [CLS] + [DIST] + N, dim)
         assert tokens.shape == (3, 2 + 4, 192)
         expected = (m.head(tokens[:, 0]) + m.head_dist(tokens[:, 1])) / 2
-        torch.testing.assert_close(m(x), expected)
-        torch.testing.assert_close(m(x), (cls_logits + dist_logits) / 2, atol=1e-5, rtol=0)
+        evaluated = m(x)
+        torch.testing.assert_close(evaluated["logits"], expected)
+        torch.testing.assert_close(evaluated["logits"], (cls_logits + dist_logits) / 2, atol=1e-5, rtol=0)
 
 
 def test_distillation_token_is_second_and_gets_gradients():
@@ -42,7 +46,7 @@ def test_distillation_token_is_second_and_gets_gradients():
     tokens = m.prefix_tokens(2)
     assert torch.equal(tokens[0], m.cls_token.expand(2, -1, -1))
     assert torch.equal(tokens[1], m.dist_token.expand(2, -1, -1))
-    _, dist_logits = m(torch.randn(2, 3, 32, 32))
+    dist_logits = m(torch.randn(2, 3, 32, 32))["distillation_logits"]
     dist_logits.sum().backward()
     assert m.dist_token.grad is not None and m.dist_token.grad.abs().sum() > 0
     assert m.head.weight.grad is None or m.head.weight.grad.abs().sum() == 0   # the dist loss trains head_dist only

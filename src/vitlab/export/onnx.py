@@ -28,11 +28,24 @@ from ..data.augment import Normalize
 from ..errors import VitlabError
 from ..io import atomic_path
 from ..predict import Predictor
+from ..tasks.classification import classification_logits
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "vitlab"
 INPUT, OUTPUT = "pixel_values", "logits"
+
+
+class LogitsOnly(nn.Module):
+    """The graph's one output: the logits of a model with named outputs (a distilled DeiT: the late fusion)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = getattr(model, "cfg", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return classification_logits(self.model(x))
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, dynamic_batch: bool = True,
@@ -55,11 +68,11 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, dynamic_
         warnings.simplefilter("ignore")          # tracer warnings on Python-level shape checks (constant here)
         if dynamo:
             shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
-            torch.onnx.export(model, (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            torch.onnx.export(LogitsOnly(model), (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
                               dynamo=True, dynamic_shapes=shapes)
         else:
             axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
-            torch.onnx.export(model, (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            torch.onnx.export(LogitsOnly(model), (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
                               dynamo=False, dynamic_axes=axes)
         graph = onnx.load(str(tmp))
         graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
@@ -180,7 +193,7 @@ def max_logit_difference(model: nn.Module, path: str | Path, batch_sizes: tuple[
     for b in batch_sizes:
         x = torch.randn(b, getattr(model.cfg, "in_chans", 3), size, size, generator=g)
         with torch.no_grad():
-            out[b] = float((session(x) - model(x)).abs().max())
+            out[b] = float((session(x) - classification_logits(model(x))).abs().max())
     return out
 
 

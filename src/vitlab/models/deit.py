@@ -4,8 +4,8 @@ The architecture is ViT's; what DeiT adds is a distillation token, a second lear
 encoder beside [CLS] and feeds its own head, trained against a teacher's predictions (§4):
 
     z0 = [x_class; x_distill; x_p^1 E; ...; x_p^N E] + E_pos
-    training: (head(z_L^0), head_dist(z_L^1))   -> class loss + distillation loss
-    test:     (head(z_L^0) + head_dist(z_L^1)) / 2     (the "late fusion" of the two heads, Table 3)
+    training: cls_logits = head(z_L^0), distillation_logits = head_dist(z_L^1) -> class + distillation loss
+    test:     logits = (head(z_L^0) + head_dist(z_L^1)) / 2     (the "late fusion" of the two heads, Table 3)
 
 The non-distilled variants are plain ViTs trained with the DeiT recipe; all use ImageNet's mean/std.
 """
@@ -34,7 +34,7 @@ class DeiTConfig(ViTConfig):
 class DeiT(VisionTransformer):
     """ViT with an optional distillation token. x (B, 3, H, W) -> logits (B, num_classes).
 
-    Distilled with two heads: training mode returns (cls_logits, dist_logits), eval mode their average.
+    Distilled with two heads: a dict of named logits in both modes (forward_head).
     forward_features -> tokens (B, 2 + N, dim) when distilled ([CLS], [DIST], patches).
     """
 
@@ -62,7 +62,9 @@ class DeiT(VisionTransformer):
             tokens.append(self.dist_token.expand(batch, -1, -1))           # after [CLS], as in the paper
         return tokens
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | dict[str, Tensor]:
+        """Two heads: {"logits": their average (the paper's late fusion, what is evaluated), "cls_logits",
+        "distillation_logits"} (B, num_classes) each, in training and eval alike (HF's names); one head: logits."""
         if self.head_dist is None:
             return super().forward_head(x, pre_logits)
         x_cls = self.head_drop(self.pre_logits(x[:, 0]))
@@ -70,9 +72,7 @@ class DeiT(VisionTransformer):
         if pre_logits:
             return (x_cls + x_dist) / 2
         logits, logits_dist = self.head(x_cls), self.head_dist(x_dist)
-        if self.training:
-            return logits, logits_dist
-        return (logits + logits_dist) / 2
+        return {"logits": (logits + logits_dist) / 2, "cls_logits": logits, "distillation_logits": logits_dist}
 
 
 # --- variants ----------------------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ class ClassificationObjective:
 
     def __call__(self, model: nn.Module, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         out = model(x)
-        if isinstance(out, tuple):
-            losses = [classification_loss(o, targets, self.label_smoothing) for o in out]
+        if isinstance(out, dict):       # a distilled DeiT without a teacher: both heads learn the labels
+            losses = [classification_loss(out[k], targets, self.label_smoothing)
+                      for k in ("cls_logits", "distillation_logits")]
             loss = sum(losses) / len(losses)
             return loss, {"ce": loss.detach()}
         loss = classification_loss(out, targets, self.label_smoothing)
@@ -73,10 +74,10 @@ class DistillationObjective:
 
     def __call__(self, model: nn.Module, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         out = model(x)
-        if not isinstance(out, tuple):
+        if not isinstance(out, dict) or "distillation_logits" not in out:
             raise VitlabError("--teacher needs a distilled student with a distillation head "
                               "(e.g. deit_tiny_distilled_patch16_224)")
-        cls_logits, dist_logits = out
+        cls_logits, dist_logits = out["cls_logits"], out["distillation_logits"]
         t = self.teacher_logits(x)
         base = classification_loss(cls_logits, targets, self.label_smoothing)
         if self.mode == "hard":
