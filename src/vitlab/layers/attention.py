@@ -36,6 +36,20 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
     return weights @ v, weights
 
 
+def split_heads(t: Tensor, num_heads: int) -> Tensor:
+    """One projection's output (B, N, heads * head_dim) -> (B, heads, N, head_dim)."""
+    B, N, _ = t.shape                                                          # batch, tokens, channels
+    return t.reshape(B, N, num_heads, -1).transpose(1, 2)                      # (B, heads, N, head_dim)
+
+
+def split_fused_heads(t: Tensor, num_heads: int, parts: int = 3) -> tuple[Tensor, ...]:
+    """A fused projection's output (B, N, parts * heads * head_dim), its rows in q, k, v order (k, v for
+    parts=2, as fuse_qkv in vitlab.convert writes them) -> `parts` tensors, each (B, heads, N, head_dim)."""
+    B, N, _ = t.shape                                                          # batch, tokens, channels
+    t = t.reshape(B, N, parts, num_heads, -1)                                  # (B, N, parts, heads, head_dim)
+    return t.permute(2, 0, 3, 1, 4).unbind(0)                                  # each (B, heads, N, head_dim)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (Vaswani et al. 2017) with a fused q/k/v projection.
 
@@ -60,11 +74,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         B, N, C = x.shape                                                          # batch, tokens, channels
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x)                                                          # (B, N, 3 * C)
         if attn_mask is None and self._packed_qkv_path(qkv):
+            qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim)              # the kernel's input layout
             x = PackedQKVAttention.apply(qkv, self.scale)                          # (B, heads, N, head_dim)
         else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                         # each (B, heads, N, head_dim)
+            q, k, v = split_fused_heads(qkv, self.num_heads)                       # each (B, heads, N, head_dim)
             x = self.attend(q, k, v, attn_mask)                                    # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, C)                                     # (B, N, heads * head_dim)
         return self.proj_drop(self.proj(x))
@@ -149,3 +164,79 @@ def bf16_on_cpu(q: Tensor) -> bool:
     which is no faster in bf16 than in fp32 (ViT-Ti/16 at 224 here: training 1.42x, inference 1.25x; ViT-B/16
     inference 1.11x; benchmarks/cpu_ablation.py). The memory is then O(N^2) per head, as on the explicit path."""
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
+
+
+# --- separate query and key/value inputs (encoder-decoder attention; DETR's position offsets) --------------------
+class CrossAttention(Attention):
+    """Multi-head attention whose queries come from `x` and keys/values from `context` (Vaswani et al. 2017's
+    encoder-decoder attention; DETR's decoder attending to the encoder memory).
+
+    x (B, Nq, dim), context (B, Nk, context_dim) -> (B, Nq, dim). DETR adds positions at every layer, to queries
+    and keys but not to values: q = W_q (x + q_pos), k = W_k (context + k_pos), v = W_v context.
+    `attn_mask` broadcastable to (B, heads, Nq, Nk): bool (True = attend) or an additive float bias;
+    `key_padding_mask` (B, Nk) bool: True = a real key, False = padding (a row with no real key gives NaN).
+    Projections `q` (dim -> dim) and `kv` (context_dim -> 2 dim) replace Attention's fused `qkv`; `fused`,
+    `attend` and the `weights` probe, (B, heads, Nq, Nk), are Attention's.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, fused: bool = True, context_dim: int | None = None) -> None:
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, fused)
+        del self.qkv
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
+
+    def forward(self, x: Tensor, context: Tensor, attn_mask: Tensor | None = None, *,
+                key_padding_mask: Tensor | None = None, q_pos: Tensor | None = None,
+                k_pos: Tensor | None = None) -> Tensor:
+        B, Nq, C = x.shape                                                         # batch, queries, channels
+        h = self.num_heads
+        q = split_heads(self.q(x if q_pos is None else x + q_pos), h)              # (B, h, Nq, d)
+        kv = self.kv(context)                                                      # (B, Nk, 2C): k and v, one GEMM
+        k, v = kv[..., :C], kv[..., C:]
+        if k_pos is not None:
+            # W_k (context + k_pos) = W_k context + W_k k_pos: the position product is computed once per position
+            # when the batch shares it (k_pos (1, Nk, C_context)), instead of once per image
+            k = k + F.linear(k_pos, self.kv.weight[:C])
+        k, v = split_heads(k, h), split_heads(v, h)                                # each (B, h, Nk, d)
+        x = self.attend(q, k, v, merge_masks(attn_mask, key_padding_mask))         # (B, h, Nq, d)
+        x = x.transpose(1, 2).reshape(B, Nq, C)                                    # (B, Nq, heads * head_dim)
+        return self.proj_drop(self.proj(x))
+
+
+class PositionalAttention(Attention):
+    """Self-attention with a position added to queries and keys but not values (DETR's encoder and decoder
+    self-attention): q, k = W_{q,k} (x + pos), v = W_v x. x (B, N, dim), pos (1 or B, N, dim) -> (B, N, dim).
+
+    Attention's fused `qkv` projection runs once on x; the position's share W_{q,k} pos is added to q and k (one
+    small GEMM on (1, N, dim) when the batch shares the positions). Masks as CrossAttention's.
+    """
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, *, pos: Tensor | None = None,
+                key_padding_mask: Tensor | None = None) -> Tensor:
+        B, N, C = x.shape                                                          # batch, tokens, channels
+        h = self.num_heads
+        qkv = self.qkv(x)                                                          # (B, N, 3C)
+        qk, v = qkv[..., :2 * C], qkv[..., 2 * C:]
+        if pos is not None:
+            qk = qk + F.linear(pos, self.qkv.weight[:2 * C])                       # (B, N, 2C)
+        q, k = split_fused_heads(qk, h, parts=2)                                   # each (B, h, N, d)
+        v = split_heads(v, h)                                                      # (B, h, N, d)
+        x = self.attend(q, k, v, merge_masks(attn_mask, key_padding_mask))         # (B, h, N, d)
+        x = x.transpose(1, 2).reshape(B, N, C)                                     # (B, N, heads * head_dim)
+        return self.proj_drop(self.proj(x))
+
+
+def merge_masks(attn_mask: Tensor | None, key_padding_mask: Tensor | None) -> Tensor | None:
+    """One mask for `attend`: attn_mask (broadcastable to (B, h, Nq, Nk), bool or additive float) combined with
+    key_padding_mask (B, Nk) bool, True = attend. Returns None, a bool mask or a float bias."""
+    if key_padding_mask is None:
+        return attn_mask
+    if key_padding_mask.dtype != torch.bool:
+        raise ValueError(f"key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}")
+    keys = key_padding_mask[:, None, None, :]                                      # (B, 1, 1, Nk)
+    if attn_mask is None:
+        return keys
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & keys
+    return attn_mask.masked_fill(~keys, float("-inf"))
