@@ -324,3 +324,23 @@ def test_a_tiny_detr_fits_two_images_with_fixed_assignments():
         out = model(x)
     assert torch.equal(out["logits"].argmax(-1), labels)
     assert (out["boxes"][:, :2][real[:, :2]] - boxes[real[:, :2]]).abs().max() < 0.05
+
+
+def test_folded_backbone_follows_batch_norm_statistics_updated_in_training():
+    """The inference path folds batch norm into the convolutions and caches the result; training steps update the
+    running statistics in place (without bumping their version counters), and evaluation after them must see the
+    new statistics: equal to the unfolded backbone (this went stale in an in-training evaluation once)."""
+    torch.manual_seed(0)
+    model = vitlab.create_model("detr_micro_64", backbone_norm="batch")
+    x = torch.randn(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        model(x)                                            # fills the folded-weight cache
+    model.train()
+    for _ in range(3):                                      # running statistics move
+        model(torch.randn(4, 3, 64, 64) * 3 + 1)
+    model.eval()
+    with torch.no_grad():
+        folded = model.backbone(x)
+        plain = model.backbone.forward_features(x)
+    torch.testing.assert_close(folded, plain, atol=1e-4, rtol=1e-4)

@@ -282,7 +282,11 @@ class ResNetBackbone(ResNet):
 
     def _folded(self, conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
         cache = self.__dict__.setdefault("_fold_cache", {})
-        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        # batch norm updates its running statistics inside the kernel without bumping their version counters;
+        # num_batches_tracked is incremented by an add_ that does, once per training forward
+        tracked = getattr(bn, "num_batches_tracked", None)
+        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var) + \
+            ((tracked,) if tracked is not None else ())
         key = tuple((t._version, t.data_ptr()) for t in tensors)
         hit = cache.get(id(conv))
         if hit is None or hit[0] != key:
