@@ -1,8 +1,8 @@
-"""What each piece of vitlab's bf16 CPU path buys, in one command (the "what each part buys" table of the README):
+"""What each piece of vitlab's bf16 CPU path buys, in one command (the "what each part buys" table of docs/performance.md):
 
     .venv/bin/python benchmarks/cpu_ablation.py            # -> benchmarks/results/cpu_ablation.{md,json}
     .venv/bin/python benchmarks/cpu_ablation.py --quick    # fewer repeats, no ViT-B
-    .venv/bin/python benchmarks/cpu_ablation.py --readme   # and put the result into README.md
+    .venv/bin/python benchmarks/cpu_ablation.py --readme   # and put the result into docs/performance.md
 
 Part 1, in one process, interleaved (full, without piece A, full, without piece B, ...): our model with everything
 on against the same model with one piece switched off for its own steps only:
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, ViT-Ti only")
     ap.add_argument("--out", default=str(HERE / "results" / "cpu_ablation"), help="output path without extension")
-    ap.add_argument("--readme", action="store_true", help="also replace the cpu-ablation block of README.md")
+    ap.add_argument("--readme", action="store_true", help="also replace the cpu-ablation block of docs/performance.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from vitlab.runtime import keep_freed_memory

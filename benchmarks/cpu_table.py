@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cpu_table.py                 # -> benchmarks/results/cpu_table.{md,json}
     .venv/bin/python benchmarks/cpu_table.py --quick         # fewer repeats, no ViT-B (a smoke run)
-    .venv/bin/python benchmarks/cpu_table.py --readme        # and put the table into README.md
+    .venv/bin/python benchmarks/cpu_table.py --readme        # and put the table into docs/performance.md
 
 What it measures, every comparison in one process with the implementations interleaved (ours, ref, ours, ref, ...),
 so a busy machine slows both alike and the ratios hold while absolute figures drift:
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no ViT-B, no compiled rows")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled-inference rows")
     ap.add_argument("--out", default=str(HERE / "results" / "cpu_table"), help="output path without extension")
-    ap.add_argument("--readme", action="store_true", help="also replace the table block of README.md")
+    ap.add_argument("--readme", action="store_true", help="also replace the table block of docs/performance.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     malloc_kept = keep_freed_memory()        # as the vitlab command does; applies to every implementation alike
@@ -211,7 +211,7 @@ def main() -> None:
 
 
 def update_readme(text: str, start: str = "<!-- cpu-table:start -->", end: str = "<!-- cpu-table:end -->") -> None:
-    readme = HERE.parent / "README.md"
+    readme = HERE.parent / "docs" / "performance.md"
     body = readme.read_text()
     if start not in body or end not in body:
         sys.exit(f"README.md has no {start} ... {end} block")
