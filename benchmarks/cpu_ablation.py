@@ -1,4 +1,4 @@
-"""What each piece of vitlab's bf16 CPU path buys, in one command (the "what each part buys" table of docs/performance.md):
+"""What each piece of vitlab's bf16 CPU path buys, in one command (docs/performance.md, "what each part buys"):
 
     .venv/bin/python benchmarks/cpu_ablation.py            # -> benchmarks/results/cpu_ablation.{md,json}
     .venv/bin/python benchmarks/cpu_ablation.py --quick    # fewer repeats, no ViT-B

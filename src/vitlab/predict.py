@@ -68,10 +68,11 @@ class Predictor:
     def logits(self, images: Tensor) -> Tensor:
         """uint8 (B, 3, S, S) -> logits (B, num_classes)."""
         from .runtime import autocast
+        from .tasks.classification import classification_logits
 
         self.model.eval()
         with autocast(self.device, self.precision):
-            return self.model(self.normalize(images.to(self.device))).float()
+            return classification_logits(self.model(self.normalize(images.to(self.device)))).float()
 
     def predict(self, paths: Sequence[str | Path], top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for each image file."""

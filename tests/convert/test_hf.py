@@ -37,7 +37,7 @@ def logits(model, x, **kw):
         out = model(pixel_values=x, **kw) if isinstance(model, transformers.PreTrainedModel) else model(x)
     if isinstance(out, torch.Tensor):
         return out
-    if isinstance(out, dict) and not isinstance(model, transformers.PreTrainedModel):   # our distilled DeiT: named outputs, "logits" the late fusion
+    if isinstance(out, dict) and not isinstance(model, transformers.PreTrainedModel):   # our distilled DeiT
         return out["logits"]
     return out.logits if getattr(out, "logits", None) is not None else out.pooler_output
 

@@ -220,13 +220,17 @@ def test_cli_export(tmp_path, capsys):
     assert len(build_detection_data(str(out), 16).train) == 3 and len(list((out / "val").glob("*.png"))) == 2
 
 
-@pytest.mark.parametrize("extra, message", [(["--n", "0"], "--n must be at least 1, got 0"),
-                                            (["--n-val", "0"], "val count must be an integer of at least 1"),
-                                            (["--size", "8"], "image size must be an integer of at least 16, got 8")])
+@pytest.mark.parametrize("extra, message", [(["--n", "0"], "argument --n: must be at least 1, got 0"),
+                                            (["--n-val", "0"], "argument --n-val: must be at least 1, got 0"),
+                                            (["--size", "8"], "argument --size: must be at least 16, got 8")])
 def test_cli_bad_values(tmp_path, capsys, extra, message):
-    assert main(["data", "export", "scenes", str(tmp_path / "o"), *extra]) == 2
+    # refused while the arguments are parsed, before anything is generated
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "export", "scenes", str(tmp_path / "o"), *extra])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("vitlab data: error:") and message in err
+    assert "\n" not in err and err.startswith("vitlab data export: error:") and message in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_refuses_a_file(tmp_path, capsys):

@@ -10,7 +10,7 @@ from vitlab.cli import main
 from vitlab.errors import VitlabError
 from vitlab.registry import default_config, model_task
 from vitlab.tasks import get_task, task_for_model
-from vitlab.train import TrainConfig, run_training
+from vitlab.train import TrainConfig
 from vitlab.train.run import resolve_model_name
 from vitlab.train.trainer import to_device
 

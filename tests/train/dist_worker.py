@@ -99,7 +99,8 @@ def train_detection(info) -> dict:
                          backbone_norm="frozen")
     net = wrap_model(model, info, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    trainer = Trainer(net, DetectionObjective(SetCriterion(6, eos_coef=1.0)), optimizer, None, batch_transform=Normalize01(),
+    objective = DetectionObjective(SetCriterion(6, eos_coef=1.0))
+    trainer = Trainer(net, objective, optimizer, None, batch_transform=Normalize01(),
                       device=torch.device("cpu"), clip_grad=1.0)
     data = build_scenes_detection(32, seed=0, n_train=32, n_val=4).train
     loader = detection_batches(data, per_rank_batch(8, info), shuffle=True, seed=0, epoch=1, drop_last=True,

@@ -4,14 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..checks import device_arg, int_arg, text_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint")
-    p.add_argument("--data", default="digits", help="data spec (its validation split is used)")
+    p.add_argument("--checkpoint", required=True, type=text_arg, help="run directory or checkpoint")
+    p.add_argument("--data", default="digits", type=text_arg, help="data spec (its validation split is used)")
     p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int_arg(at_least=1), default=256)
+    p.add_argument("--device", type=device_arg, default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (CPU included)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run)
@@ -37,6 +39,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_si
     split_set = bundle.val if split == "val" else bundle.train
     r = task.evaluate(pred.model, split_set, dev, precision, batch_size=batch_size)
     return {"task": task.name, **{k: r[k] for k in task.epoch_metrics if k in r}, "images": len(split_set),
+            "num_classes": len(bundle.classes),
             "skipped_images": len(bundle.skipped), **({"summary": r["summary"]} if "summary" in r else {})}
 
 
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
     elif m["task"] == "classification":
-        print(f"top-1 {m['val_top1']:.2f}%  top-5 {m['val_top5']:.2f}%  loss {m['val_loss']:.4f}  "
+        top5 = f"  top-5 {m['val_top5']:.2f}%" if m["num_classes"] > 5 else ""    # top-5 of <= 5 classes is 100%
+        print(f"top-1 {m['val_top1']:.2f}%{top5}  loss {m['val_loss']:.4f}  "
               f"({m['images']} images, {m['skipped_images']} skipped)")
     else:
         if "summary" in m:

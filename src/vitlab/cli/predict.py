@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import device_arg, float_arg, int_arg, text_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files, or detect objects in them")
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint, or .onnx file (--runtime onnx)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5, help="classification: classes shown per image")
-    p.add_argument("--threshold", type=float, default=0.5, help="detection: lowest score kept (0-1)")
-    p.add_argument("--out", default=None, help="detection: where the PNGs and detections.json go "
-                                               "(default runs/predict)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint", required=True, type=text_arg,
+                   help="run directory, checkpoint, or .onnx file (--runtime onnx)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", type=text_arg)
+    p.add_argument("--top-k", type=int_arg(at_least=1), default=5, help="classification: classes shown per image")
+    p.add_argument("--threshold", type=float_arg(at_least=0.0, at_most=1.0), default=0.5,
+                   help="detection: lowest score kept (0-1)")
+    p.add_argument("--out", default=None, type=text_arg,
+                   help="detection: where the PNGs and detections.json go (default runs/predict)")
+    p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: run RUN_DIR/model.onnx or a .onnx file (vitlab export --onnx) in ONNX Runtime")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

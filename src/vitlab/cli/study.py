@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import text_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..studies import available_studies
@@ -11,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     studies = p.add_subparsers(dest="study", metavar="NAME", required=True, parser_class=type(p))
     for name, module in available_studies().items():
         sp = studies.add_parser(name, help=getattr(module, "HELP", ""))
-        sp.add_argument("--out", default=f"runs/study-{name}", help="output directory (plot + JSON)")
+        sp.add_argument("--out", default=f"runs/study-{name}", type=text_arg, help="output directory (plot + JSON)")
         if hasattr(module, "add_arguments"):
             module.add_arguments(sp)
         sp.set_defaults(func=module.run)

@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 from dataclasses import fields
+from typing import Any
 
+from ..checks import text_arg
+from ..layers.efficient_attention import ATTENTION_TYPES
 from ..train.run import TrainConfig
 
 _HELP = {
@@ -39,14 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         # default None: given values are told apart from defaults (a resumed run keeps its own config)
         p.add_argument(flag, type=kind, default=None,
                        help=_HELP.get(f.name, "") + f" (default {default})")
-    p.add_argument("--out", default=None, help=_HELP["out"])
+    p.add_argument("--out", type=text_arg, default=None, help=_HELP["out"])
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on, except for digits)")
-    p.add_argument("--attention", default=None,
-                   help="ViT attention type: full, local, strided, axial, linformer, kv_pool")
+    p.add_argument("--attention", default=None, choices=ATTENTION_TYPES,
+                   help="ViT attention type: " + ", ".join(ATTENTION_TYPES))
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model constructor argument (repeatable), e.g. --model-arg pool=avg")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (its config; --epochs may extend it)")
+    p.add_argument("--resume", metavar="RUN_DIR", type=text_arg,
+                   help="continue a run (its config; --epochs may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.set_defaults(func=run)
 
@@ -78,12 +83,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_args[key] = _parse_value(value)
     if args.attention:
         model_args["attention"] = args.attention
+    TrainConfig(**{**given, "out": args.out or "runs/train"}).validate()   # the values given, before anything loads
     if args.resume:
-        return _resumed_config(load_run_config(args.resume), given, model_args, args.out)
+        return _resumed_config(load_run_config(args.resume), given, model_args, args.out).validate()
     values = {**{f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}, **given}
     values["model_args"] = model_args
     values["out"] = args.out or "runs/train"
-    cfg = resolve_model_name(TrainConfig(**values))
+    cfg = resolve_model_name(TrainConfig(**values).validate())
     if not args.out:
         data_name = cfg.data.rstrip("/").split("/")[-1] or "data"
         cfg.out = f"runs/{cfg.model}-{data_name}"
@@ -110,14 +116,47 @@ def _resumed_config(run: TrainConfig, given: dict, model_args: dict, out: str | 
     return TrainConfig.from_dict({**vars(run), **{k: v for k, v in given.items() if k in _RESUME_OPTIONS}})
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class TimedProgress:
+    """Progress off a terminal (a log file, CI): one line on stderr every `interval` seconds within an epoch,
+    instead of tqdm's bar (which would be one line per update, or nothing). Called as tqdm is:
+    progress(iterable, total=, desc=); the trainer's set_postfix values go on the line."""
 
+    def __init__(self, iterable: Any, total: int | None = None, desc: str = "", interval: float = 30.0,
+                 stream: Any = None) -> None:
+        self.iterable, self.total, self.desc, self.interval = iterable, total, desc, interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.postfix: dict[str, Any] = {}
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = values
+
+    def __iter__(self) -> Any:
+        start = last = time.monotonic()
+        for done, item in enumerate(self.iterable, 1):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.interval:
+                last = now
+                of = f"/{self.total}" if self.total else ""
+                shown = "".join(f"  {k} {v}" for k, v in self.postfix.items())
+                print(f"{self.desc}: {done}{of} batches, {now - start:.0f} s{shown}", file=self.stream, flush=True)
+
+
+def progress_for(stream: Any, interval: float = 30.0) -> Any:
+    """tqdm's bar on a terminal, else a line every `interval` seconds."""
+    if stream.isatty():
+        from tqdm import tqdm
+
+        return functools.partial(tqdm, leave=False, dynamic_ncols=True, file=stream)
+    return functools.partial(TimedProgress, interval=interval, stream=stream)
+
+
+def run(args: argparse.Namespace) -> int:
     from ..train.distributed import cleanup, env_info
     from ..train.run import run_training
 
     cfg = config_from_args(args)
-    progress = functools.partial(tqdm, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+    progress = progress_for(sys.stderr)
     m = run_training(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=progress)
     cleanup()                    # under torchrun: leave the process group together
     if not env_info().is_main:   # rank 0 reports

@@ -170,6 +170,7 @@ def _bundle(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, 
 
     digits = [str(d) for d in range(10)]
     return DataBundle(train=make(train_x, train_y), val=make(test_x, test_y), classes=list(classes), name=name,
+                      source_size=f"{train_x.shape[3]}x{train_x.shape[2]}",
                       mirror_safe=list(classes) != digits)      # MNIST's digits are not mirror-symmetric
 
 

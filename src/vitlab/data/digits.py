@@ -38,7 +38,7 @@ def build_digits(image_size: int) -> DataBundle:
     train = ImageSet(DIGITS_CLASSES, torch.from_numpy(y_train), image_size, images=digits_to_uint8(X_train, image_size))
     val = ImageSet(DIGITS_CLASSES, torch.from_numpy(y_val), image_size, images=digits_to_uint8(X_val, image_size))
     return DataBundle(train=train, val=val, classes=list(DIGITS_CLASSES), name="digits", mirror_safe=False,
-                      references=lambda: {"reference_svc_top1": digits_svc_reference()})
+                      source_size="8x8", references=lambda: {"reference_svc_top1": digits_svc_reference()})
 
 
 @lru_cache(maxsize=1)

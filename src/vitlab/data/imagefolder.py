@@ -55,7 +55,28 @@ def build_imagefolder(root: Path, image_size: int, *, val_fraction: float, seed:
     train_where, val_where = split_dirs if split_dirs is not None else (root, root)
     train = _make_set(train_items, classes, image_size, in_memory, train_where)
     val = _make_set(val_items, classes, image_size, in_memory, val_where)
-    return DataBundle(train=train, val=val, classes=classes, name=name)
+    return DataBundle(train=train, val=val, classes=classes, name=name,
+                      source_size=source_sizes([path for path, _ in train_items + val_items]))
+
+
+def source_sizes(paths: list[str], sample: int = 64) -> str | None:
+    """The images' own size as "WxH", or "from WxH to WxH" when they differ, read from the headers of up to
+    `sample` files spread over the list (PIL reads no pixels for .size). None when none could be read."""
+    from PIL import Image
+
+    sizes = []
+    for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int) if paths else []:
+        try:
+            with Image.open(paths[i]) as img:
+                sizes.append(img.size)
+        except Exception:   # unreadable: decoding names it later
+            continue
+    if not sizes:
+        return None
+    small, large = min(sizes, key=lambda s: s[0] * s[1]), max(sizes, key=lambda s: s[0] * s[1])
+    if small == large:
+        return f"{small[0]}x{small[1]}"
+    return f"from {small[0]}x{small[1]} to {large[0]}x{large[1]}"
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path] | None:

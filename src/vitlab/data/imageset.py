@@ -91,6 +91,7 @@ class DataBundle:
     name: str  # "digits", "shapes", or the path given
     mirror_safe: bool = True   # a horizontal flip keeps the class (not for digits: a mirrored 2 is not a 2)
     references: Callable[[], dict[str, float]] | None = None   # metrics of a baseline on the same split
+    source_size: str | None = None   # the images' own size before resizing ("8x8", "from 28x20 to 640x480")
 
     @property
     def skipped(self) -> list[str]:

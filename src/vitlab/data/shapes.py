@@ -23,7 +23,8 @@ def build_shapes(image_size: int, *, seed: int = 0, shapes_per_class: int = 500)
     train = generate_shapes(shapes_per_class, image_size, np.random.default_rng([seed % 2**64, _TRAIN_STREAM]))
     val = generate_shapes(max(1, shapes_per_class // 4), image_size,
                           np.random.default_rng([seed % 2**64, _VAL_STREAM]))
-    return DataBundle(train=train, val=val, classes=list(SHAPE_CLASSES), name="shapes")
+    return DataBundle(train=train, val=val, classes=list(SHAPE_CLASSES), name="shapes",
+                      source_size=f"{image_size}x{image_size}")   # drawn at the size asked for
 
 
 def generate_shapes(per_class: int, image_size: int, rng: np.random.Generator) -> ImageSet:

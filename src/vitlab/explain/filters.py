@@ -22,12 +22,16 @@ def patch_embedding_weight(model: nn.Module) -> Tensor:
     return proj.weight.detach()
 
 
-def patch_embedding_components(model: nn.Module, k: int = 28) -> tuple[Tensor, Tensor]:
+def patch_embedding_components(model: nn.Module, k: int = 28, gray: bool = False) -> tuple[Tensor, Tensor]:
     """The first k principal components of the patch-embedding filters.
 
-    Returns (components (k, C, p, p) unit-norm, explained variance ratio (k,)); k is capped at the rank bound.
+    gray: the filters as a gray-scale input sees them, summed over the colour channels (R = G = B = v gives
+    w_R v + w_G v + w_B v); components then have one channel. Returns (components (k, C, p, p) unit-norm,
+    explained variance ratio (k,)); k is capped at the rank bound.
     """
     w = patch_embedding_weight(model).double()
+    if gray:
+        w = w.sum(dim=1, keepdim=True)                                   # (dim, 1, p, p)
     dim, filter_shape = w.shape[0], w.shape[1:]
     flat = w.reshape(dim, -1)
     flat = flat - flat.mean(dim=0, keepdim=True)

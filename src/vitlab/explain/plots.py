@@ -72,31 +72,38 @@ def _clean(ax) -> None:
     ax.set_yticks([])
 
 
-def figure_cls_attention(image: Tensor, maps: Tensor, layers: Sequence[int], title: str) -> Figure:
-    """One image: rows = layers (1-based numbers in `layers`), columns = each head and the head mean.
-    maps (len(layers), heads, gh, gw): the attention the classifier query pays to each patch."""
+def figure_cls_attention(image: Tensor, maps: Tensor, layers: Sequence[int], title: str,
+                         alert: bool = False) -> Figure:
+    """One image: rows = layers (1-based numbers in `layers`), columns = each head and the head mean, with one
+    colour scale per row (0 to the row's largest weight) and its colour bar. maps (len(layers), heads, gh, gw):
+    the attention the classifier query pays to each patch. alert: the title in red (a wrong prediction)."""
     n_rows, heads = maps.shape[0], maps.shape[1]
-    fig = new_figure(1.6 * (heads + 2), 1.6 * n_rows + 0.6)
+    fig = new_figure(1.6 * (heads + 2) + 0.8, 1.6 * n_rows + 0.8)
+    axes = fig.subplots(n_rows, heads + 2, squeeze=False)
     for r in range(n_rows):
-        ax = fig.add_subplot(n_rows, heads + 2, r * (heads + 2) + 1)
+        ax = axes[r, 0]
         ax.imshow(image_hwc(image))
         ax.set_ylabel(f"layer {layers[r]}")
         _clean(ax)
+        limit = float(max(maps[r].max(), maps[r].mean(0).max(), 1e-12))
         for h in range(heads + 1):
             heat = maps[r, h] if h < heads else maps[r].mean(0)
-            ax = fig.add_subplot(n_rows, heads + 2, r * (heads + 2) + h + 2)
-            ax.imshow(overlay(image, heat))
+            ax = axes[r, h + 1]
+            ax.imshow(overlay(image, heat, limits=(0.0, limit)))
             if r == 0:
                 ax.set_title(f"head {h + 1}" if h < heads else "mean", fontsize=9)
             _clean(ax)
-    fig.suptitle(title, fontsize=10)
+        scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, limit), cmap="jet")
+        fig.colorbar(scale, ax=list(axes[r, 1:]), fraction=0.02, pad=0.01, label="weight" if r == 0 else None)
+    fig.suptitle(title, fontsize=10, color="red" if alert else "black")
     return fig
 
 
 def figure_rows(images: Tensor, panels: list[list[tuple[np.ndarray, str]]], title: str,
-                colorbar: dict | None = None) -> Figure:
+                colorbar: dict | None = None,
+                legend: Sequence[tuple[str, str, tuple[int, int, int]]] | None = None) -> Figure:
     """A grid: one row per image, each panel an (H, W, 3) array (or (H, W) with `colorbar` kwargs for imshow)
-    and its title."""
+    and its title. legend: (label, "circle" or "line", RGB 0-255) entries for marks drawn into the pixels."""
     n_rows, n_cols = len(panels), max(len(p) for p in panels)
     fig = new_figure(2.2 * n_cols, 2.2 * n_rows + 0.5)
     for r, row in enumerate(panels):
@@ -107,6 +114,15 @@ def figure_rows(images: Tensor, panels: list[list[tuple[np.ndarray, str]]], titl
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
             ax.set_title(label, fontsize=8)
             _clean(ax)
+    if legend:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=tuple(c / 255 for c in rgb), label=label,
+                          **({"marker": "o", "markerfacecolor": "none", "markersize": 9, "linestyle": ""}
+                             if kind == "circle" else {"linewidth": 2}))
+                   for label, kind, rgb in legend]
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+                   facecolor="0.5", framealpha=0.6)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -163,8 +179,11 @@ def figure_position_similarity(similarity: Tensor, title: str) -> Figure:
     return fig
 
 
-def figure_filters(components: Tensor, explained: Tensor, title: str, cols: int = 7) -> Figure:
-    """ViT Fig. 7 left: principal components (k, C, p, p) of the patch embedding, each min-max scaled, as RGB."""
+def figure_filters(components: Tensor, explained: Tensor, title: str, cols: int = 7,
+                   space: int | None = None) -> Figure:
+    """ViT Fig. 7 left: principal components (k, C, p, p) of the patch embedding, each min-max scaled, as RGB
+    (gray for C = 1). space: the dimension of the patch space; when k equals it the title says the components
+    are all of it (their 100% is no finding)."""
     comps = components.float()
     lo = comps.flatten(1).amin(1).view(-1, 1, 1, 1)
     hi = comps.flatten(1).amax(1).view(-1, 1, 1, 1)
@@ -176,8 +195,11 @@ def figure_filters(components: Tensor, explained: Tensor, title: str, cols: int 
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(mosaic(comps, cols, gap=1, fill=1.0), interpolation="nearest")
     _clean(ax)
-    ax.set_title(f"{title}\nfirst {len(comps)} components explain {float(explained.sum()) * 100:.0f}% of the variance",
-                 fontsize=9)
+    if space is not None and len(comps) >= space:
+        what = f"all {len(comps)} components of the {space}-dimensional patch space (100% by construction)"
+    else:
+        what = f"first {len(comps)} components explain {float(explained.sum()) * 100:.0f}% of the variance"
+    ax.set_title(f"{title}\n{what}", fontsize=9)
     return fig
 
 

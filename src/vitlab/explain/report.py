@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from ..errors import VitlabError
 from ..io import write_json, write_text
+from ..tasks.classification import classification_logits
 from . import plots
 from .distance import attention_distances, patch_distances, pixel_patch_size
-from .filters import patch_embedding_components
+from .filters import patch_embedding_components, patch_embedding_weight
 from .patch_logits import patch_logits
 from .pos_embed import position_embedding_similarity
 from .recording import attention_modules, record_attention
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExplainOptions:
-    layers: Sequence[int] = (1, 3, 5, 10)  # 1-based layers whose [CLS] attention is drawn (the lecture's choice)
+    layers: Sequence[int] | None = None    # 1-based layers whose [CLS] attention is drawn; None: default_layers
     head_fusion: str = "mean"              # rollout: how heads are fused ("mean", "max", "min")
     discard_ratio: float = 0.0             # rollout: lowest fraction of weights zeroed per layer (0 = the paper)
     target_class: int | None = None        # per-patch logits: class index (None = each image's prediction)
@@ -59,6 +60,7 @@ class _Context:
     out: Path
     probs: Tensor                          # (B, classes)
     attentions: list[Tensor] | None        # per layer (B, heads, N, N), None without Attention modules
+    labels: list[int | None] = field(default_factory=list)   # true class per image; None (or absent): unknown
     rollout: Tensor | None = None          # (B, gh, gw)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -75,11 +77,19 @@ def model_input(model: nn.Module, images: Tensor) -> Tensor:
     return (x - mean_t) / torch.tensor(std, device=device).view(1, -1, 1, 1)
 
 
+def default_layers(depth: int) -> list[int]:
+    """The layers drawn by default: every one of a model of at most 6, else the first, the middle and the last."""
+    if depth <= 6:
+        return list(range(1, depth + 1))
+    return [1, (depth + 1) // 2, depth]
+
+
 def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: Sequence[str] | None = None,
             names: Sequence[str] | None = None, options: ExplainOptions | None = None,
-            title: str | None = None) -> dict[str, Any]:
+            title: str | None = None, labels: Sequence[int | None] | None = None) -> dict[str, Any]:
     """Write every figure for `images` (B, 3, H, W) uint8 at the model's input size into out_dir, with
-    index.html and summary.json. Returns the summary (predictions, attention distances, figures)."""
+    index.html and summary.json. `labels` (true class per image, None where unknown) mark wrong predictions.
+    Returns the summary (predictions, attention distances, figures, `files`: every PNG written)."""
     options = options or ExplainOptions()
     if options.head_fusion not in HEAD_FUSIONS:
         raise VitlabError(f"head fusion must be one of {', '.join(HEAD_FUSIONS)}, got {options.head_fusion!r}")
@@ -106,21 +116,30 @@ def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: S
         else:
             with torch.no_grad():
                 logits, attentions = model(x), None
+        logits = classification_logits(logits)
         ctx = _Context(model, images.cpu(), names, classes, options, out, logits.float().softmax(-1).cpu(),
-                       [a.cpu() for a in attentions] if attentions is not None else None)
+                       [a.cpu() for a in attentions] if attentions is not None else None,
+                       list(labels) if labels is not None else [None] * len(images))
         ctx.summary["predictions"] = [
-            {"image": n, "class": _class_name(ctx, int(p.argmax())), "probability": round(float(p.max()), 4)}
-            for n, p in zip(names, ctx.probs)]
+            {"image": n, "class": _class_name(ctx, int(p.argmax())), "probability": round(float(p.max()), 4),
+             **({"true": _class_name(ctx, t), "correct": int(p.argmax()) == t} if t is not None else {})}
+            for n, p, t in zip(names, ctx.probs, ctx.labels)]
         figures = [_figure(step, ctx) for step in (_rollout, _cls_attention, _attention_distance, _saliency,
                                                     _patch_logits, _position_embedding, _filters)]
     finally:
         model.train(was_training)
     ctx.summary["figures"] = [{"file": f.file, "caption": f.caption, **({"more": f.more} if f.more else {})}
                               for f in figures]
+    ctx.summary["files"] = figure_files(figures)
     write_json(out / "summary.json", ctx.summary)
     write_html(out / "index.html", title, figures, ctx.summary["predictions"])
-    log.info("explain: wrote %d figures to %s", sum(f.file is not None for f in figures), out)
+    log.info("explain: wrote %d figures to %s", len(ctx.summary["files"]), out)
     return ctx.summary
+
+
+def figure_files(figures: Sequence[ReportFigure]) -> list[str]:
+    """Every PNG the figures wrote (a figure with one PNG per image counts each)."""
+    return [name for f in figures if f.file for name in (f.file, *f.more)]
 
 
 def save_rollout_figure(model: nn.Module, images: Tensor, path: str | Path, *, classes: Sequence[str] | None = None,
@@ -136,7 +155,7 @@ def save_rollout_figure(model: nn.Module, images: Tensor, path: str | Path, *, c
         model.train(was_training)
     grid, prefix = _grid_and_prefix(model)
     heat = rollout_map([a.cpu() for a in attentions], grid, prefix, head_fusion, discard_ratio)
-    probs = logits.float().softmax(-1).cpu()
+    probs = classification_logits(logits).float().softmax(-1).cpu()
     def name(k: int) -> str:
         return classes[k] if classes and k < len(classes) else str(k)
 
@@ -160,6 +179,16 @@ def _figure(step: Callable[[_Context], ReportFigure], ctx: _Context) -> ReportFi
 
 def _class_name(ctx: _Context, k: int) -> str:
     return ctx.classes[k] if k < len(ctx.classes) else str(k)
+
+
+def _prediction(ctx: _Context, i: int) -> tuple[str, bool]:
+    """"predicted cat 93%", with "WRONG (true dog)" after it when the true class is known and differs; and
+    whether it is wrong."""
+    pred = int(ctx.probs[i].argmax())
+    text = f"predicted {_class_name(ctx, pred)} {float(ctx.probs[i, pred]) * 100:.0f}%"
+    truth = ctx.labels[i] if i < len(ctx.labels) else None
+    wrong = truth is not None and truth != pred
+    return (text + f" WRONG (true {_class_name(ctx, truth)})" if wrong else text), wrong
 
 
 def _grid_and_prefix(model: nn.Module) -> tuple[tuple[int, int], int]:
@@ -186,8 +215,7 @@ def _rollout(ctx: _Context) -> ReportFigure:
     ctx.rollout = rollout_map(attn, grid, prefix, o.head_fusion, o.discard_ratio)
     rows = []
     for i, image in enumerate(ctx.images):
-        pred = int(ctx.probs[i].argmax())
-        label = f"{ctx.names[i]}: {_class_name(ctx, pred)} {float(ctx.probs[i, pred]) * 100:.0f}%"
+        label = f"{ctx.names[i]}\n{_prediction(ctx, i)[0]}"
         rows.append([(plots.image_hwc(image), label),
                      (plots.resize_map(ctx.rollout[i], tuple(image.shape[1:]), smooth=False), "rollout"),
                      (plots.overlay(image, ctx.rollout[i]), "overlay")])
@@ -201,22 +229,26 @@ def _rollout(ctx: _Context) -> ReportFigure:
 
 def _cls_attention(ctx: _Context) -> ReportFigure:
     attn, grid, prefix = _global_attentions(ctx)
-    wanted = list(ctx.options.layers)
+    wanted = list(ctx.options.layers) if ctx.options.layers else default_layers(len(attn))
     layers = [layer for layer in wanted if 1 <= layer <= len(attn)]
     if not layers:
         raise VitlabError(f"none of layers {wanted} exists (the model has {len(attn)})")
     if len(layers) < len(wanted):
         log.info("explain: the model has %d layers; drawing layers %s", len(attn), layers)
+    ctx.summary["attention_layers"] = layers
     files = []
     for i, image in enumerate(ctx.images):
         maps = torch.stack([classifier_attention(attn[layer - 1][i:i + 1], grid, prefix)[0] for layer in layers])
         query = "[CLS]" if prefix else "mean patch query"
-        fig = plots.figure_cls_attention(image, maps, layers, f"{ctx.names[i]}: {query} attention per layer and head")
+        predicted, wrong = _prediction(ctx, i)
+        fig = plots.figure_cls_attention(image, maps, layers, f"{ctx.names[i]}: {predicted}\n{query} attention per "
+                                                              "layer and head", alert=wrong)
         files.append(plots.save_figure(fig, ctx.out / f"attention_layers_{i + 1}.png").name)
     ctx.summary["attention_layer_files"] = files
     query = "[CLS] token" if prefix else "mean patch query"
-    return ReportFigure(files[0], f"Attention of the {query} to each patch in layers {', '.join(map(str, layers))}, "
-                                  "per head and averaged (one figure per image).", more=files[1:])
+    return ReportFigure(files[0], f"Attention of the {query} to each patch in layers {', '.join(map(str, layers))} "
+                                  f"of {len(attn)}, per head and averaged, one colour scale per layer (one figure "
+                                  "per image; a wrong prediction is titled in red).", more=files[1:])
 
 
 def _attention_distance(ctx: _Context) -> ReportFigure:
@@ -246,11 +278,18 @@ def _saliency(ctx: _Context) -> ReportFigure:
             row.append((plots.overlay(image, ctx.rollout[i]), "model:\nattention rollout"))
         rows.append(row)
     ctx.summary["itti_koch_fixations_yx"] = fixations
-    fig = plots.figure_rows(ctx.images, rows, "Bottom-up saliency (Itti, Koch & Niebur 1998) beside the model")
+    fig = plots.figure_rows(ctx.images, rows, "Bottom-up saliency (Itti, Koch & Niebur 1998) beside the model",
+                            legend=FIXATION_LEGEND)
     plots.save_figure(fig, ctx.out / "saliency.png")
     return ReportFigure("saliency.png", "Itti-Koch saliency (intensity, colour and orientation conspicuity) with "
                                         "its first fixations by winner-take-all and inhibition of return, beside "
                                         "the model's rollout.")
+
+
+FIRST_FIXATION, LATER_FIXATION = (255, 0, 0), (255, 255, 0)     # RGB of the circles _with_fixations draws
+FIXATION_LEGEND = [("first fixation", "circle", FIRST_FIXATION), ("later fixations, numbered in order", "circle",
+                                                                     LATER_FIXATION),
+                   ("scan path between them", "line", LATER_FIXATION)]
 
 
 def _with_fixations(image: Tensor, fixations: list[tuple[float, float]]) -> np.ndarray:
@@ -262,9 +301,9 @@ def _with_fixations(image: Tensor, fixations: list[tuple[float, float]]) -> np.n
     r = max(pil.width, pil.height) / 24
     points = [(x * scale, y * scale) for y, x in fixations]
     if len(points) > 1:
-        draw.line(points, fill=(255, 255, 0), width=max(1, int(r / 3)))
+        draw.line(points, fill=LATER_FIXATION, width=max(1, int(r / 3)))
     for k, (x, y) in enumerate(points):
-        draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 0, 0) if k == 0 else (255, 255, 0),
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=FIRST_FIXATION if k == 0 else LATER_FIXATION,
                      width=max(1, int(r / 3)))
         draw.text((x + r, y - r), str(k + 1), fill=(255, 255, 255))
     return np.asarray(pil).astype("float64") / 255.0
@@ -299,14 +338,32 @@ def _position_embedding(ctx: _Context) -> ReportFigure:
                                               f"others: tile (r, c) of the {gh}x{gw} grid is patch (r, c)'s map.")
 
 
+MIN_FILTER_SIDE = 3   # below 3x3 pixels a filter has no spatial structure to look at
+
+
 def _filters(ctx: _Context) -> ReportFigure:
-    components, explained = patch_embedding_components(ctx.model, 28)
+    patch = patch_embedding_weight(ctx.model).shape[-1]
+    if patch < MIN_FILTER_SIDE:
+        raise VitlabError(f"its {patch}x{patch} patches have too few pixels for a filter to show spatial structure "
+                          "(the paper's figure is of 16x16 patches)")
+    gray = bool((ctx.images == ctx.images[:, :1]).all())      # gray-scale input: R = G = B in every pixel
+    components, explained = patch_embedding_components(ctx.model, 28, gray=gray)
+    space = components[0].numel()                              # dimension of the patch space the PCA runs in
     fig = plots.figure_filters(components, explained, "Patch-embedding filters: principal components (ViT Fig. 7 "
-                                                      "left)")
+                                                      "left)", space=space)
     plots.save_figure(fig, ctx.out / "patch_embed_filters.png")
-    return ReportFigure("patch_embed_filters.png", f"The first {len(components)} principal components of the "
-                                                   "linear patch embedding's filters, each scaled to its own range "
-                                                   "and shown as RGB.")
+    caption = (f"The first {len(components)} principal components of the linear patch embedding's filters, each "
+               "scaled to its own range")
+    if gray:
+        caption += (", in gray: the inputs are gray-scale (R = G = B), so only each filter's sum over the colour "
+                    "channels acts on them and its colours cannot be seen")
+    else:
+        caption += ", shown as RGB"
+    if len(components) == space:
+        caption += (f". These are all {space} directions of the {space}-dimensional patch space, so they explain "
+                    "100% of the variance by construction; the figure shows which pixel patterns the embedding "
+                    "weighs most, not a selection of learned features")
+    return ReportFigure("patch_embed_filters.png", caption + ".")
 
 
 # --- HTML ----------------------------------------------------------------------------------------------------------

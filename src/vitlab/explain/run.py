@@ -43,12 +43,13 @@ def model_image_size(model: nn.Module) -> int:
 
 
 def gather_images(paths: Sequence[str | Path], size: int, data: str | None = None, samples: int = 4,
-                  classes: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+                  classes: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str], list[int | None]]:
     """Image files, then `samples` validation images of a data spec spread evenly over the set:
-    (uint8 (B, 3, size, size), names)."""
+    (uint8 (B, 3, size, size), names, true labels: None for a file, whose class is not known)."""
     from ..data import build_data, load_image
 
     images, names = [load_image(p, size) for p in paths], [Path(p).name for p in paths]
+    labels: list[int | None] = [None] * len(images)
     if data is not None:
         if samples < 1:
             raise VitlabError(f"--samples must be at least 1, got {samples}")
@@ -57,11 +58,12 @@ def gather_images(paths: Sequence[str | Path], size: int, data: str | None = Non
         for i in torch.linspace(0, len(val) - 1, min(samples, len(val))).round().long().tolist():
             image, label = val[i]
             images.append(image)
+            labels.append(int(label))
             truth = data_classes[label] if label < len(data_classes) else str(label)
             names.append(f"{data} val #{i} (true {truth})")
     if not images:
         raise VitlabError("no images: give image files or --data SPEC")
-    return torch.stack(images), names
+    return torch.stack(images), names, labels
 
 
 def class_index(name: str | None, classes: Sequence[str], num_classes: int) -> int | None:
@@ -78,15 +80,23 @@ def class_index(name: str | None, classes: Sequence[str], num_classes: int) -> i
 
 def explain_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out: str | Path, *,
                        data: str | None = None, samples: int = 4, class_name: str | None = None,
-                       layers: Sequence[int] = (1, 3, 5, 10), head_fusion: str = "mean",
+                       layers: Sequence[int] | None = None, head_fusion: str = "mean",
                        discard_ratio: float = 0.0, threshold: float = 0.5) -> dict[str, Any]:
-    """Load, gather, explain: writes out/index.html and the PNGs, returns the summary. A detector (DETR) takes
-    detection data for `data` and `threshold`; class_name, layers, head_fusion and discard_ratio are a
-    classifier's."""
+    """Load, gather, explain: writes out/index.html and the PNGs, returns the summary. With no image and no
+    `data`, a run directory's own data (its config.json's "data") gives the validation images. A detector (DETR)
+    takes detection data for `data` and `threshold`; class_name, layers (None: chosen from the depth,
+    default_layers), head_fusion and discard_ratio are a classifier's."""
     from .detr import gather_detection_images, is_detector
 
     model = load_explain_model(checkpoint)
-    own_classes = (getattr(model, "vitlab_meta", None) or {}).get("classes")
+    meta = getattr(model, "vitlab_meta", None) or {}
+    if not images and data is None:
+        data = meta.get("data")
+        if data is None:
+            raise VitlabError(f"give image files or --data SPEC ({checkpoint} does not name the data it was "
+                              "trained on)")
+        log.info("explain: %d validation images of %s, the data %s was trained on", samples, data, checkpoint)
+    own_classes = meta.get("classes")
     classes = own_classes or [str(i) for i in range(getattr(model, "num_classes", 0))]
     if is_detector(model):
         batch, names, data_classes = gather_detection_images(images, model_image_size(model), data, samples)
@@ -94,10 +104,12 @@ def explain_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out
             classes = data_classes              # a fresh model: name its classes after the data's
         options = ExplainOptions(threshold=threshold)
     else:
-        batch, names = gather_images(images, model_image_size(model), data, samples, classes)
-        options = ExplainOptions(layers=tuple(layers), head_fusion=head_fusion, discard_ratio=discard_ratio,
+        batch, names, labels = gather_images(images, model_image_size(model), data, samples, classes)
+        options = ExplainOptions(layers=tuple(layers) if layers else None, head_fusion=head_fusion,
+                                 discard_ratio=discard_ratio,
                                  target_class=class_index(class_name, classes, len(classes)))
     title = f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)} ({checkpoint})"
-    summary = explain(model, batch, out, classes=classes, names=names, options=options, title=title)
+    summary = explain(model, batch, out, classes=classes, names=names, options=options, title=title,
+                      labels=None if is_detector(model) else labels)
     summary["report"] = str(Path(out) / "index.html")
     return summary

@@ -63,16 +63,17 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, dynamic_
     size = _input_size(model)
     x = torch.randn(2, getattr(model.cfg, "in_chans", 3), size, size)
     meta = {**default_metadata(model), **(metadata or {})}
+    graph = LogitsOnly(model)                  # one output: the logits, also of models with named outputs
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")          # tracer warnings on Python-level shape checks (constant here)
         if dynamo:
             shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
-            torch.onnx.export(LogitsOnly(model), (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            torch.onnx.export(graph, (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
                               dynamo=True, dynamic_shapes=shapes)
         else:
             axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
-            torch.onnx.export(LogitsOnly(model), (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            torch.onnx.export(graph, (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
                               dynamo=False, dynamic_axes=axes)
         graph = onnx.load(str(tmp))
         graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))

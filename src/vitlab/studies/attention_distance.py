@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_model
+from ..checks import int_arg, text_arg
 from ..data import build_data
 from ..errors import VitlabError
 from ..explain import attention_maps, model_input, patch_distances
@@ -37,14 +38,15 @@ GLOBAL_FRACTION = 0.75     # a head is "global" when its distance reaches this f
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="data spec (training, and the images measured)")
-    p.add_argument("--img-size", type=int, default=16)
-    p.add_argument("--vit", default="vit_micro_patch2_16", help="ViT model name to train")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--checkpoint", default=None, help="measure this trained model instead of training one")
+    p.add_argument("--data", default="digits", type=text_arg, help="data spec (training, and the images measured)")
+    p.add_argument("--img-size", type=int_arg(at_least=1), default=16)
+    p.add_argument("--vit", type=text_arg, default="vit_micro_patch2_16", help="ViT model name to train")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=30)
+    p.add_argument("--checkpoint", type=text_arg, default=None,
+                   help="measure this trained model instead of training one")
     p.add_argument("--reuse", action="store_true", help="load the model trained by an earlier run in --out")
-    p.add_argument("--eval-images", type=int, default=256, help="validation images averaged over")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-images", type=int_arg(at_least=1), default=256, help="validation images averaged over")
+    p.add_argument("--seed", type=int_arg(at_least=0), default=0)
     p.add_argument("--tiny", action="store_true", help="8px, one epoch, 32 images: seconds (the test)")
 
 

@@ -16,7 +16,7 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bench.flops import count_macs
+from ..checks import int_arg
 from ..errors import VitlabError
 from ..io import write_json
 from ..layers import Attention
@@ -47,10 +48,11 @@ TINY_SIZES = (16, 32)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default=None,
+    p.add_argument("--sizes", type=_sizes_arg, default=None,
                    help=f"comma-separated input sizes (default {','.join(map(str, FULL_SIZES))})")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per point (fastest)")
+    p.add_argument("--batch-size", type=int_arg(at_least=1), default=2)
+    p.add_argument("--repeats", type=int_arg(at_least=1), default=3,
+                   help="timed forward+backward passes per point (fastest)")
     p.add_argument("--tiny", action="store_true", help=f"sizes {TINY_SIZES}, one repeat: seconds")
 
 
@@ -76,14 +78,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def _sizes(text: str | Sequence[int]) -> tuple[int, ...]:
+    """--sizes as a tuple: "32,64" or a sequence of ints; at least two positive sizes (a slope needs two)."""
     try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+        sizes = tuple(int(s) for s in text.split(",") if s.strip()) if isinstance(text, str) else tuple(text)
     except ValueError:
         raise VitlabError(f"--sizes takes comma-separated integers, got {text!r}") from None
     if len(sizes) < 2:
         raise VitlabError("--sizes needs at least two sizes to fit a slope")
+    if min(sizes) < 1:
+        raise VitlabError(f"--sizes must be positive, got {text!r}")
     return sizes
+
+
+def _sizes_arg(text: str) -> tuple[int, ...]:
+    """argparse face of _sizes: refused while the command line is parsed."""
+    try:
+        return _sizes(text)
+    except VitlabError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--sizes ")) from None
 
 
 def measure_family(name: str, sizes: tuple[int, ...], batch: int, repeats: int,

@@ -22,6 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..checks import int_arg, text_arg
 from ..io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,18 @@ HELP = "DeiT distillation: ResNet teacher -> DeiT-Ti-like student vs the same st
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="data spec all three runs use (default digits)")
-    p.add_argument("--img-size", type=int, default=16, help="input side of all three models")
-    p.add_argument("--teacher", default="resnet_micro_32", help="teacher model name (built at --img-size)")
-    p.add_argument("--patch", type=int, default=2, help="student patch size")
-    p.add_argument("--depth", type=int, default=6, help="student blocks (DeiT-Ti has 12; width 192, 3 heads)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of each student (and of the teacher)")
-    p.add_argument("--teacher-epochs", type=int, default=None, help="teacher epochs (default --epochs)")
+    p.add_argument("--data", default="digits", type=text_arg, help="data spec all three runs use (default digits)")
+    p.add_argument("--img-size", type=int_arg(at_least=1), default=16, help="input side of all three models")
+    p.add_argument("--teacher", type=text_arg, default="resnet_micro_32",
+                   help="teacher model name (built at --img-size)")
+    p.add_argument("--patch", type=int_arg(at_least=1), default=2, help="student patch size")
+    p.add_argument("--depth", type=int_arg(at_least=1), default=6,
+                   help="student blocks (DeiT-Ti has 12; width 192, 3 heads)")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=20, help="epochs of each student (and of the teacher)")
+    p.add_argument("--teacher-epochs", type=int_arg(at_least=1), default=None, help="teacher epochs (default --epochs)")
     p.add_argument("--distill", choices=("hard", "soft"), default="hard", help="DeiT's hard or soft distillation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--seed", type=int_arg(at_least=0), default=0)
+    p.add_argument("--seeds", type=int_arg(at_least=1), default=1,
                    help="students trained with seeds seed..seed+N-1, accuracies averaged (one run is noisy: a "
                         "small ViT on digits moves by several points between seeds)")
     p.add_argument("--tiny", action="store_true", help="8 px, one epoch, one block: seconds (the test)")

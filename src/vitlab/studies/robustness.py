@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_model
+from ..checks import int_arg, text_arg
 from ..data import build_data
 from ..data.augment import Normalize
 from ..errors import VitlabError
@@ -46,17 +47,21 @@ EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="data spec both models are trained on (default digits)")
-    p.add_argument("--img-size", type=int, default=16)
-    p.add_argument("--vit", default="vit_micro_patch2_16", help="ViT model name")
-    p.add_argument("--resnet", default="resnet_micro_32", help="ResNet model name (built at --img-size)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs of each model")
-    p.add_argument("--eval-images", type=int, default=450, help="validation images evaluated (all of digits')")
-    p.add_argument("--attack-images", type=int, default=256, help="validation images attacked (FGSM/PGD)")
-    p.add_argument("--pgd-steps", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3, help="random masks / permutations / noise draws averaged")
+    p.add_argument("--data", default="digits", type=text_arg,
+                   help="data spec both models are trained on (default digits)")
+    p.add_argument("--img-size", type=int_arg(at_least=1), default=16)
+    p.add_argument("--vit", type=text_arg, default="vit_micro_patch2_16", help="ViT model name")
+    p.add_argument("--resnet", type=text_arg, default="resnet_micro_32", help="ResNet model name (built at --img-size)")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=30, help="training epochs of each model")
+    p.add_argument("--eval-images", type=int_arg(at_least=1), default=450,
+                   help="validation images evaluated (all of digits')")
+    p.add_argument("--attack-images", type=int_arg(at_least=1), default=256,
+                   help="validation images attacked (FGSM/PGD)")
+    p.add_argument("--pgd-steps", type=int_arg(at_least=1), default=5)
+    p.add_argument("--repeats", type=int_arg(at_least=1), default=3,
+                   help="random masks / permutations / noise draws averaged")
     p.add_argument("--reuse", action="store_true", help="load the models trained by an earlier run in --out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_arg(at_least=0), default=0)
     p.add_argument("--tiny", action="store_true", help="8px, one epoch, 32 images: seconds (the test)")
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import float_arg, int_arg
 from ..errors import VitlabError
 from ..io import atomic_path, write_json
 from ..models.stn import STNClassifier, STNConfig
@@ -34,14 +35,16 @@ HELP = "spatial transformer vs plain CNN on randomly rotated/scaled/translated d
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", choices=("digits", "shapes"), help="objects to distort")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--heads", type=int, default=1, help="parallel spatial transformers (multi-head variant)")
-    p.add_argument("--canvas", type=int, default=48, help="side of the distorted input in pixels")
-    p.add_argument("--crop", type=int, default=32, help="side of the crops the transformer samples")
-    p.add_argument("--max-rotation", type=float, default=60.0, help="degrees, uniform in [-max, max]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=15)
+    p.add_argument("--batch-size", type=int_arg(at_least=1), default=64)
+    p.add_argument("--lr", type=float_arg(above=0.0), default=1e-3)
+    p.add_argument("--heads", type=int_arg(at_least=1), default=1,
+                   help="parallel spatial transformers (multi-head variant)")
+    p.add_argument("--canvas", type=int_arg(at_least=8), default=48, help="side of the distorted input in pixels")
+    p.add_argument("--crop", type=int_arg(at_least=8), default=32, help="side of the crops the transformer samples")
+    p.add_argument("--max-rotation", type=float_arg(at_least=0.0, at_most=180.0), default=60.0,
+                   help="degrees, uniform in [-max, max]")
+    p.add_argument("--seed", type=int_arg(at_least=0), default=0)
     p.add_argument("--tiny", action="store_true", help="2 epochs on 256 images: seconds")
 
 

@@ -68,6 +68,11 @@ class Task:
         and return one line per image for the terminal."""
         raise NotImplementedError
 
+    def loss_note(self, cfg: Any, model: nn.Module, data: Any) -> str | None:
+        """A line for the curves figure saying why the training loss is not comparable with the validation loss
+        (regularisation that is on only in training), or None."""
+        return None
+
     def summary(self, metrics: dict[str, Any]) -> str:
         """One line for the terminal at the end of `vitlab train`."""
         return f"{self.primary_metric} {metrics[self.primary_metric]:.4g}"

@@ -76,10 +76,16 @@ class ClassificationTask(Task):
                                    normalize, len(dataset.classes), device, precision)
 
     def epoch_line(self, result: dict[str, Any]) -> str:
-        return f"val top-1 {result['val_top1']:.2f}%  top-{result['val_topk']} {result['val_top5']:.2f}%"
+        top_k = f"  top-{result['val_topk']} {result['val_top5']:.2f}%" if result["val_topk"] < len(
+            result["confusion"]) else ""         # top-k of k classes is 100%: not worth a column
+        return f"val top-1 {result['val_top1']:.2f}%{top_k}"
 
     def final_metrics(self, result: dict[str, Any], data: Any) -> dict[str, Any]:
+        """top-1/top-5/loss, the class count, the chance level and whether top-1 is near it (`near_chance`)."""
         metrics = {k: result[k] for k in ("val_top1", "val_top5", "val_loss")}
+        chance, margin = chance_level(result["confusion"])
+        metrics.update(num_classes=len(data.classes), chance_top1=round(chance, 2),
+                       near_chance=bool(result["val_top1"] <= chance + margin))
         if data.references is not None:
             metrics.update(data.references())
         return metrics
@@ -98,10 +104,49 @@ class ClassificationTask(Task):
         return [f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top)
                 for path, top in zip(paths, predictor.predict(paths, top_k))]
 
+    def loss_note(self, cfg: Any, model: nn.Module, data: Any) -> str | None:
+        """Label smoothing, augmentation and drop path raise the training loss only (validation: plain
+        cross-entropy on unaugmented images with the whole network), so train above val is expected."""
+        on = []
+        if cfg.label_smoothing > 0:
+            on.append(f"label smoothing {cfg.label_smoothing:g}")
+        hflip = cfg.hflip if cfg.hflip is not None else data.mirror_safe
+        augment = [name for name, active in (("crop", cfg.crop_scale < 1), ("flip", hflip),
+                                             ("RandAugment", cfg.randaugment > 0), ("Mixup", cfg.mixup > 0),
+                                             ("CutMix", cfg.cutmix > 0), ("erasing", cfg.erase > 0)) if active]
+        if augment:
+            on.append(f"augmentation ({', '.join(augment)})")
+        drop_path = getattr(getattr(model, "cfg", None), "drop_path_rate", 0) or 0
+        if drop_path > 0:
+            on.append(f"drop path {drop_path:g}")
+        if cfg.teacher:
+            on.append("the distillation term")
+        if not on:
+            return None
+        return ("Train loss is above val loss by design: " + ", ".join(on) + " act in training only "
+                "(val loss: plain cross-entropy on unaugmented images, the whole network).")
+
     def summary(self, metrics: dict[str, Any]) -> str:
         ref = f"  (reference: scikit-learn SVC(gamma=0.001) {metrics['reference_svc_top1']:.2f}%)" \
             if "reference_svc_top1" in metrics else ""
-        return f"val top-1 {metrics['val_top1']:.2f}%  top-5 {metrics['val_top5']:.2f}%{ref}"
+        classes = metrics.get("num_classes")
+        top5 = f"  top-5 {metrics['val_top5']:.2f}%" if classes is None or classes > 5 else ""
+        line = f"val top-1 {metrics['val_top1']:.2f}%{top5}{ref}"
+        if metrics.get("near_chance"):
+            epochs = metrics.get("epochs", 0)
+            line += (f"; val top-1 {metrics['val_top1']:.0f}% is chance level for {classes} classes; train longer: "
+                     f"--epochs {max(30, 3 * epochs)}")
+        return line
+
+
+def chance_level(confusion: Tensor) -> tuple[float, float]:
+    """(chance top-1, margin) in percent for a confusion matrix (true x predicted): chance is what always
+    answering the most frequent true class scores (1/classes on a balanced set); the margin is three binomial
+    standard deviations of an accuracy at chance over this many images, at least 5 points."""
+    counts = confusion.sum(dim=1).double()                  # (classes,) true images per class
+    n = float(counts.sum())
+    p = float(counts.max()) / max(n, 1.0)
+    return 100.0 * p, max(5.0, 300.0 * (p * (1 - p) / max(n, 1.0)) ** 0.5)
 
 
 @torch.no_grad()

@@ -12,9 +12,10 @@ import torch  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, metrics: tuple[str, ...] = ("val_top1",),
-                primary: str = "val_top1") -> Path:
+                primary: str = "val_top1", note: str | None = None) -> Path:
     """Left: the training loss, each named part of it (`train_<part>`) and the validation loss when there is
-    one, per epoch. Right: the task's validation metrics (percent for accuracy, 0-1 for AP), `primary` bold."""
+    one, per epoch. Right: the task's validation metrics (percent for accuracy, 0-1 for AP), `primary` bold.
+    note: a line under the plots (why train loss sits above val loss: vitlab.tasks Task.loss_note)."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (total)", color="black")
@@ -39,6 +40,9 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, metrics: tuple[
     for ax in (ax_loss, ax_metric):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
+    if note:
+        fig.subplots_adjust(bottom=0.2)
+        fig.text(0.01, 0.015, note, fontsize=8, color="0.25", wrap=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

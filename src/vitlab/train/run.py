@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights, model_config, read_config, read_weights, \
     save_weights
+from ..checks import check_choice, check_device, check_float, check_int, check_text
 from ..errors import VitlabError
 from ..io import write_json, write_text
 from ..registry import create_model, default_config
@@ -83,6 +84,57 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def validate(self) -> "TrainConfig":
+        """Refuse, in one line naming the option, any value out of range, not finite, of the wrong type or not
+        one of the choices; nothing is loaded or built. Returns self. run_training calls it first, the CLI
+        before anything else."""
+        for name, rule in _RULES.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            kind, bounds = rule
+            flag = "--" + name.replace("_", "-")
+            if kind == "int":
+                check_int(flag, value, **bounds)
+            elif kind == "float":
+                check_float(flag, value, **bounds)
+            elif kind == "choice":
+                check_choice(flag, value, bounds["choices"])
+            elif kind == "device":
+                check_device(flag, value)
+            elif kind == "text":
+                check_text(flag, value)
+            elif kind == "bool" and not isinstance(value, bool):
+                raise VitlabError(f"{flag} must be true or false, got {value!r}")
+        if not isinstance(self.model_args, dict):
+            raise VitlabError(f"model_args must be a dict of constructor arguments, got {self.model_args!r}")
+        return self
+
+
+# (kind, bounds) per TrainConfig field: what TrainConfig.validate accepts
+_RULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "model": ("text", {}), "data": ("text", {}), "out": ("text", {}),
+    "epochs": ("int", {"at_least": 1}), "stop_at": ("int", {"at_least": 1}),
+    "batch_size": ("int", {"at_least": 1}), "lr": ("float", {"above": 0.0}),
+    "weight_decay": ("float", {"at_least": 0.0}), "warmup_epochs": ("float", {"at_least": 0.0}),
+    "min_lr_ratio": ("float", {"at_least": 0.0, "at_most": 1.0}), "clip_grad": ("float", {"at_least": 0.0}),
+    "grad_accum": ("int", {"at_least": 1}), "label_smoothing": ("float", {"at_least": 0.0, "below": 1.0}),
+    "img_size": ("int", {"at_least": 1}), "drop_path": ("float", {"at_least": 0.0, "below": 1.0}),
+    "checkpoint": ("text", {}), "hflip": ("bool", {}), "crop_scale": ("float", {"above": 0.0}),
+    "randaugment": ("int", {"at_least": 0}), "mixup": ("float", {"at_least": 0.0}),
+    "cutmix": ("float", {"at_least": 0.0}), "erase": ("float", {"at_least": 0.0, "at_most": 1.0}),
+    "ema": ("float", {"at_least": 0.0, "below": 1.0}),
+    "precision": ("choice", {"choices": ("fp32", "bf16", "fp16", "auto")}),
+    "device": ("device", {}), "seed": ("int", {"at_least": 0}),
+    "val_fraction": ("float", {"above": 0.0, "below": 1.0}), "workers": ("int", {"at_least": 0}),
+    "teacher": ("text", {}), "distill": ("choice", {"choices": ("hard", "soft")}),
+    "distill_tau": ("float", {"above": 0.0}), "distill_alpha": ("float", {"at_least": 0.0, "at_most": 1.0}),
+    "fsdp": ("bool", {}), "grad_checkpointing": ("bool", {}), "compile": ("bool", {}), "channels_last": ("bool", {}),
+}
+_OPTIONAL = {"model", "stop_at", "img_size", "drop_path", "checkpoint", "hflip", "teacher", "distill_tau",
+             "distill_alpha"}
+MAX_WARMUP_FRACTION = 0.2   # warm-up takes at most this share of the run: a 5-epoch run is not all warm-up
+
 
 def prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     out = Path(cfg.out)
@@ -121,18 +173,31 @@ def resolve_model_name(cfg: TrainConfig) -> TrainConfig:
 
 
 def model_image_size(cfg: TrainConfig) -> int:
-    """The input side the data is prepared at: --img-size, else the checkpoint's, else the variant's."""
-    if cfg.img_size:
-        return cfg.img_size
-    size = None
+    """The input side the data is prepared at: --img-size, else the checkpoint's, else the variant's. Builds the
+    variant's config on the meta device (no memory), so an argument it does not take or an input size its patches
+    do not divide is refused here, before any data is read."""
     if cfg.checkpoint:
+        if cfg.img_size:
+            return cfg.img_size
         from ..convert import read_checkpoint
 
         size = read_checkpoint(cfg.checkpoint).model_args.get("img_size")
-    size = size or default_config(cfg.model, **cfg.model_args).get("img_size")
+    else:
+        given = {"img_size": cfg.img_size} if cfg.img_size else {}
+        size = default_config(cfg.model, **cfg.model_args, **given).get("img_size")
+        size = cfg.img_size or size
     if size is None:
         raise VitlabError(f"{cfg.model} has no default input size; pass --img-size")
     return size if isinstance(size, int) else size[0]
+
+
+def log_input_size(data: Any, image_size: int) -> None:
+    """Say once how the images were resized for the model (the data's own size, when it has one)."""
+    source = getattr(data, "source_size", None)
+    if source and source != f"{image_size}x{image_size}":
+        log.info("%s: images %s, resized to the model's %dx%d", data.name, source, image_size, image_size)
+    elif source:
+        log.info("%s: images %s, the model's input size", data.name, source)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> torch.nn.Module:
@@ -208,7 +273,7 @@ def build_trainer(cfg: TrainConfig, task: Task, model: torch.nn.Module, data: An
     # trainer skip a non-finite step without a host sync; CPU kernels exist from torch 2.4
     fused = procs.device.type == "cuda" or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=fused)
-    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch,
+    scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), cfg.epochs * steps_per_epoch,
                               cfg.min_lr_ratio)
     trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=procs.device,
                       precision=procs.precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
@@ -216,20 +281,31 @@ def build_trainer(cfg: TrainConfig, task: Task, model: torch.nn.Module, data: An
     return trainer, train_batches
 
 
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """--warmup-epochs in optimizer steps, capped at MAX_WARMUP_FRACTION of the run (logged when capped): the
+    default 5 epochs of warm-up would make a 5-epoch run all warm-up, ending at chance."""
+    cap = MAX_WARMUP_FRACTION * cfg.epochs
+    if cfg.warmup_epochs > cap:
+        log.info("warm-up capped at %.3g epochs (%d%% of %d; --warmup-epochs %g)", cap,
+                 round(MAX_WARMUP_FRACTION * 100), cfg.epochs, cfg.warmup_epochs)
+    return int(min(cfg.warmup_epochs, cap) * steps_per_epoch)
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Train and evaluate; returns the final metrics (also written to metrics.json in the run directory).
     The model's registered task (vitlab.tasks) supplies the data, augmentation, objective and evaluation."""
     t_start = time.perf_counter()
-    cfg = resolve_model_name(cfg)
+    cfg = resolve_model_name(cfg.validate())
     task = task_for_model(cfg.model)
     task.check_config(cfg)
+    image_size = model_image_size(cfg)     # the model's config on the meta device: bad arguments refused here
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     procs = start_processes(cfg)
     progress = progress if procs.dist.is_main else None
 
-    image_size = model_image_size(cfg)
     data = task.build_data(cfg, image_size)
+    log_input_size(data, image_size)
     model = prepare_model(build_model(cfg, len(data.classes), image_size).to(procs.device), cfg, procs.dist)
     if procs.dist.rank:   # the same initial weights everywhere, then each rank its own augmentation/drop-path draws
         torch.manual_seed(cfg.seed + procs.dist.rank)
@@ -279,6 +355,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     if procs.dist.is_main:
         write_json(out / "metrics.json", metrics)
         write_report(out, task, trainer, model, cfg, data, result, history, procs.device)
+    log.info("%s on %s after %d epochs: %s", cfg.model, data.name, metrics["epochs"], task.summary(metrics))
     return metrics
 
 
@@ -293,7 +370,8 @@ def evaluation_model(trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig)
 def write_report(out: Path, task: Task, trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig, data: Any,
                  result: dict[str, Any], history: list[dict[str, Any]], device: torch.device) -> None:
     """The curves (every named loss part, the task's metrics) and the task's own figures (rank 0)."""
-    plot_curves(history, out / "curves.png", metrics=task.epoch_metrics, primary=task.primary_metric)
+    plot_curves(history, out / "curves.png", metrics=task.epoch_metrics, primary=task.primary_metric,
+                note=task.loss_note(cfg, model, data))
     if cfg.fsdp:   # the sharded model runs only with every rank; rank 0 reads back the full saved weights
         from ..checkpoint import load_model
 
