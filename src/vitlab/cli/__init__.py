@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()      # glibc: reuse freed activations instead of faulting fresh pages in every step
     try:
+        from .. import cpu_policy
+
+        cpu_policy.start()   # torch threads = the cores other processes leave free (VITLAB_CPU_POLICY=off: not)
         rc = args.func(args)
         return rc if isinstance(rc, int) else 0
     except VitlabError as e:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .. import cpu_policy
 from ..errors import VitlabError
 from ..runtime import autocast
 from .ema import ModelEMA
@@ -132,6 +133,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
+        cpu_policy.tick()            # fewer threads while other processes keep cores busy (vitlab.cpu_policy)
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
