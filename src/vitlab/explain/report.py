@@ -126,6 +126,9 @@ def explain(model: nn.Module, images: Tensor, out_dir: str | Path, *, classes: S
             for n, p, t in zip(names, ctx.probs, ctx.labels)]
         figures = [_figure(step, ctx) for step in (_rollout, _cls_attention, _attention_distance, _saliency,
                                                     _patch_logits, _position_embedding, _filters)]
+        from .swin import is_swin, swin_figures                   # Swin: its window attention instead
+        if is_swin(model) and ctx.attentions is not None:
+            figures = swin_figures(ctx) + figures
     finally:
         model.train(was_training)
     ctx.summary["figures"] = [{"file": f.file, "caption": f.caption, **({"more": f.more} if f.more else {})}
