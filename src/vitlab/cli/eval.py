@@ -38,7 +38,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_si
         raise VitlabError(f"{data} has {len(bundle.classes)} classes but the checkpoint {len(pred.classes)}")
     split_set = bundle.val if split == "val" else bundle.train
     r = task.evaluate(pred.model, split_set, dev, precision, batch_size=batch_size)
-    return {"task": task.name, **{k: r[k] for k in task.epoch_metrics if k in r}, "images": len(split_set),
+    extra = {k: r[k] for k in ("val_iou_per_class", "val_hd95") if k in r}     # segmentation
+    return {"task": task.name, **{k: r[k] for k in task.epoch_metrics if k in r}, **extra, "images": len(split_set),
             "num_classes": len(bundle.classes),
             "skipped_images": len(bundle.skipped), **({"summary": r["summary"]} if "summary" in r else {})}
 
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         if "summary" in m:
             print(m["summary"].rstrip())
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_"))
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_") and isinstance(v, float))
         print(f"{shown}  ({m['images']} images, {m['skipped_images']} skipped)")
+        if "val_iou_per_class" in m:
+            print("IoU per class: " + "  ".join(f"{name} {'-' if v is None else f'{v:.4f}'}"
+                                                for name, v in m["val_iou_per_class"].items()))
     return 0

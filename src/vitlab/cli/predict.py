@@ -1,5 +1,6 @@
 """`vitlab predict --checkpoint RUN_DIR IMAGE...`: what the checkpoint's task predicts for each image: top-k classes
-with probabilities (classification), labelled boxes as PNGs + detections.json (detection)."""
+with probabilities (classification), labelled boxes as PNGs + detections.json (detection), a palette mask PNG and an
+overlay per image or a slice montage per volume (segmentation)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float_arg(at_least=0.0, at_most=1.0), default=0.5,
                    help="detection: lowest score kept (0-1)")
     p.add_argument("--out", default=None, type=text_arg,
-                   help="detection: where the PNGs and detections.json go (default runs/predict)")
+                   help="detection/segmentation: where the PNGs (and detections.json, masks) go (default runs/predict)")
     p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: run RUN_DIR/model.onnx or a .onnx file (vitlab export --onnx) in ONNX Runtime")

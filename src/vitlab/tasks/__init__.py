@@ -19,7 +19,8 @@ from ..errors import VitlabError
 from ..registry import model_task
 from .base import Task
 
-_TASK_MODULES = {"classification": ".classification", "detection": ".detection"}
+_TASK_MODULES = {"classification": ".classification", "detection": ".detection",
+                 "segmentation": ".segmentation"}
 
 
 def get_task(name: str) -> Task:
