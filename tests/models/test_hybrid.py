@@ -22,5 +22,5 @@ def test_r26_layout():
     with torch.device("meta"):
         model = vitlab.create_model("vit_small_r26_s32_224")
     bb = model.patch_embed.backbone
-    assert bb.cfg.block == "bottleneck" and tuple(bb.cfg.layers) == (2, 2, 2, 2) and bb.cfg.stride == 32
+    assert type(bb).__name__ == "BiTResNet" and tuple(bb.cfg.layers) == (2, 2, 2, 2) and bb.cfg.stride == 32
     assert model.patch_embed.num_patches == 49 and model.pos_embed.shape == (1, 50, 384)

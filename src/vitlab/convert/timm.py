@@ -90,7 +90,8 @@ TIMM_VIT_KEYS: KeyTable = [
 
 
 def _is_vit(sd: dict[str, Tensor]) -> bool:
-    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd
+    return ("patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd
+            and "patch_embed.backbone.stem.conv.weight" not in sd)              # hybrids: timm_hybrid.py
 
 
 def read_timm_vit(sd: dict[str, Tensor], name: str | None, path: Path) -> Checkpoint:

@@ -15,8 +15,9 @@ class PatchEmbed(nn.Module):
     """Split an image into non-overlapping patches and project each linearly (a conv with stride = patch).
 
     x (B, C, H, W) -> tokens (B, H/p * W/p, dim) in row-major patch order, or (B, dim, H/p, W/p) if flatten=False.
-    strict_img_size=False lets models without a fixed-size position embedding (CPVT, ConvMixer) take any input
-    whose sides are multiples of the patch; `grid_size`/`num_patches` then describe the built size only.
+    strict_img_size=False lets a convolutional model without a fixed-size position embedding (ConvMixer) take any
+    input the convolution takes: a partial patch at the right/bottom edge is dropped (floor(H/p) x floor(W/p)), as
+    nn.Conv2d and timm do; `grid_size`/`num_patches` then describe the built size only.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
@@ -39,7 +40,7 @@ class PatchEmbed(nn.Module):
         B, C, H, W = x.shape
         if self.strict_img_size and (H, W) != self.img_size:
             raise VitlabError(f"input is {H}x{W} but the model was built for {self.img_size[0]}x{self.img_size[1]}")
-        if not self.strict_img_size and (H % self.patch_size[0] or W % self.patch_size[1]):
-            raise VitlabError(f"input is {H}x{W}: not a multiple of the patch size {self.patch_size[0]}")
-        x = self.proj(x)                                   # (B, dim, H/p, W/p)
+        if not self.strict_img_size and (H < self.patch_size[0] or W < self.patch_size[1]):
+            raise VitlabError(f"input is {H}x{W}: smaller than one patch ({self.patch_size[0]})")
+        x = self.proj(x)                                   # (B, dim, floor(H/p), floor(W/p))
         return x.flatten(2).transpose(1, 2) if self.flatten else x   # (B, N, dim)

@@ -24,7 +24,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 @dataclass
 class ConvMixerConfig:
-    img_size: int | tuple[int, int] = 224   # input side the model is meant for (any multiple of the patch runs)
+    img_size: int | tuple[int, int] = 224   # input side the model is meant for (any size >= patch runs, floored)
     patch_size: int = 7                     # p
     in_chans: int = 3
     num_classes: int = 1000                 # 0 = no head

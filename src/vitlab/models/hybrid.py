@@ -4,9 +4,11 @@
 turns the image into a (C, h, w) feature map, and the patch embedding E of eq. 1 is applied to patches of size
 1x1 of that map, i.e. a 1x1 convolution C -> dim. Everything after that is the plain ViT.
 
-The paper's backbone is a BiT ResNet (GroupNorm + weight standardisation); ours is vitlab's ResNet with batch norm,
-which has the same parameter count. `vit_small_r26_s32_224` mirrors timm's model of that name: ResNet-26 (four
-stages of two bottlenecks, stride 32) under a ViT-S.
+The paper's backbone is a BiT ResNet (GroupNorm + weight standardisation, models/bit.py): the registered
+timm-named variants use it, so timm's and Google's hybrid checkpoints load (`vit_small_r26_s32_224`: ResNet-26,
+four stages of two bottlenecks, stride 32, under a ViT-S; `vit_base_r50_s16_384`: the paper's R50+ViT-B/16).
+cfg.extra["backbone"]["kind"] = "resnet" swaps in vitlab's batch-norm ResNet instead (models/resnet.py; the small
+CIFAR-style `vit_micro_r8_s4_32` uses it: BatchNorm trains well from scratch at batch sizes a CPU runs).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torch import Tensor
 from ..errors import VitlabError
 from ..layers import to_2tuple
 from ..variants import register_model
+from .bit import BiTConfig, BiTResNet
 from .resnet import ResNet, ResNetConfig
 from .vit import SIZES, VisionTransformer, ViTConfig
 
@@ -31,7 +34,7 @@ class HybridEmbed(nn.Module):
     unchanged; `patch_size` is the backbone's stride in pixels.
     """
 
-    def __init__(self, backbone: ResNet, img_size: int | tuple[int, int], dim: int) -> None:
+    def __init__(self, backbone: ResNet | BiTResNet, img_size: int | tuple[int, int], dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.img_size = to_2tuple(img_size)
@@ -53,13 +56,13 @@ class HybridEmbed(nn.Module):
 
 
 class HybridViT(VisionTransformer):
-    """ViT whose patch embedding is a ResNet + 1x1 projection. cfg.extra["backbone"]: ResNetConfig fields
-    (block, layers, widths, stem, stem_width); cfg.patch_size is ignored (the backbone stride replaces it)."""
+    """ViT whose patch embedding is a ResNet + 1x1 projection. cfg.extra["backbone"]: kind ("bit", the paper's, or
+    "resnet", batch norm) and that backbone's config fields (BiTConfig: layers, widths, stem_width; ResNetConfig:
+    block, layers, widths, stem, stem_width); cfg.patch_size is ignored (the backbone stride replaces it)."""
 
     def __init__(self, cfg: ViTConfig | None = None, **kwargs: Any) -> None:
         cfg = ViTConfig(**{**asdict(cfg or ViTConfig()), **kwargs})
-        backbone = ResNet(ResNetConfig(**cfg.extra.get("backbone", {}), img_size=cfg.img_size, num_classes=0,
-                                       in_chans=cfg.in_chans))
+        backbone = build_backbone(cfg.extra.get("backbone", {}), cfg.img_size, cfg.in_chans)
         # ViT's own PatchEmbed is built with the backbone stride as patch size, so that its grid (and hence the
         # position embedding) is the feature map's; it is then replaced by the hybrid embedding.
         super().__init__(cfg, patch_size=backbone.cfg.stride)
@@ -69,15 +72,29 @@ class HybridViT(VisionTransformer):
         nn.init.zeros_(self.patch_embed.proj.bias)
 
 
+def build_backbone(spec: dict[str, Any], img_size: Any, in_chans: int) -> ResNet | BiTResNet:
+    """The CNN under the ViT: spec = {"kind": "bit" | "resnet", **that config's fields}."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "resnet")        # configs saved before the BiT stem existed hold a batch-norm ResNet
+    if kind == "bit":
+        return BiTResNet(BiTConfig(**spec, img_size=img_size, in_chans=in_chans))
+    if kind == "resnet":
+        return ResNet(ResNetConfig(**spec, img_size=img_size, num_classes=0, in_chans=in_chans))
+    raise VitlabError(f"hybrid backbone kind must be 'bit' or 'resnet', got {kind!r}")
+
+
 def _hybrid(size: str, img_size: int, backbone: dict[str, Any], overrides: dict[str, Any]) -> HybridViT:
     return HybridViT(ViTConfig(**{**SIZES[size], "img_size": img_size, "extra": {"backbone": backbone}, **overrides}))
 
 
-R26 = dict(block="bottleneck", layers=(2, 2, 2, 2))                         # 1 + 8*3 + 1 = 26 layers
+# BiT backbones as timm's hybrids build them (ResNetV2, no pre-activation, 'SAME' padding).
+R26 = dict(kind="bit", layers=(2, 2, 2, 2), widths=(256, 512, 1024, 2048))   # 1 + 8*3 + 1 = 26 layers, stride 32
 # The paper's R50: stage 4 removed, stage 3 deepened to 9 blocks (stride 16).
-R50_S16 = dict(block="bottleneck", layers=(3, 4, 9), widths=(64, 128, 256))
-# CIFAR-style ResNet stem (3x3/1, no pool) and three basic stages of stride 1, 2, 2 -> a 8x8 token grid at 32 px.
-R8_S4 = dict(block="basic", layers=(1, 1, 1), widths=(32, 64, 128), stem="small", stem_width=32)
+R50_S16 = dict(kind="bit", layers=(3, 4, 9), widths=(256, 512, 1024))
+# timm's vit_large_r50_s32: the full four-stage R50 (stride 32).
+R50_S32 = dict(kind="bit", layers=(3, 4, 6, 3), widths=(256, 512, 1024, 2048))
+# CIFAR-style batch-norm ResNet stem (3x3/1, no pool), three basic stages of stride 1, 2, 2 -> 8x8 tokens at 32 px.
+R8_S4 = dict(kind="resnet", block="basic", layers=(1, 1, 1), widths=(32, 64, 128), stem="small", stem_width=32)
 
 
 @register_model
@@ -93,9 +110,27 @@ def vit_base_r26_s32_224(**kw: Any) -> HybridViT:
 
 
 @register_model
+def vit_small_r26_s32_384(**kw: Any) -> HybridViT:
+    """ViT-S on ResNet-26 features (stride 32), 384x384."""
+    return _hybrid("small", 384, R26, kw)
+
+
+@register_model
 def vit_base_r50_s16_224(**kw: Any) -> HybridViT:
     """ViT-B on ResNet-50 with stage 4 removed and stage 3 deepened to 9 blocks (the paper's R50+ViT-B/16)."""
     return _hybrid("base", 224, R50_S16, kw)
+
+
+@register_model
+def vit_base_r50_s16_384(**kw: Any) -> HybridViT:
+    """The paper's R50+ViT-B/16 at its fine-tuning size 384x384 (timm's name; Google's R50+ViT-B_16.npz)."""
+    return _hybrid("base", 384, R50_S16, kw)
+
+
+@register_model
+def vit_large_r50_s32_224(**kw: Any) -> HybridViT:
+    """ViT-L on the full four-stage ResNet-50 (stride 32), 224x224."""
+    return _hybrid("large", 224, R50_S32, kw)
 
 
 @register_model
