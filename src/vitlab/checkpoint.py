@@ -78,7 +78,9 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
     checkpoint's config (class names, normalisation). `trust_pickle` allows full unpickling of a .pth/.bin
     (off by default: such files can run code).
     """
-    ckpt = read_checkpoint(path, trust_pickle=trust_pickle, model=name, img_size=img_size)
+    # num_heads: formats whose weights do not record the head count (MONAI UNETR) take it from the caller
+    ckpt = read_checkpoint(path, trust_pickle=trust_pickle, model=name, img_size=img_size,
+                           num_heads=overrides.get("num_heads"))
     model_name = name or ckpt.model
     args = {**ckpt.model_args, **overrides}
     classes = ckpt.meta.get("classes")
@@ -105,7 +107,7 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str = "vitlab", model: str | None = None,
                        num_classes: int | None = None, img_size: int | None = None,
-                       trust_pickle: bool = False) -> nn.Module:
+                       trust_pickle: bool = False, num_heads: int | None = None) -> nn.Module:
     """Read `src` (format detected), adapt it (num_classes / img_size), write `dst` as a vitlab or HF directory.
 
     Returns the converted model (eval mode). The written files are always safetensors, whatever `src` was.
@@ -114,7 +116,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str = "vitlab", 
         raise VitlabError(f"--to must be one of {', '.join(CONVERT_TARGETS)}, got {to!r}")
     if Path(dst).resolve() == Path(src).resolve():
         raise VitlabError(f"{dst}: the destination is the source")
-    net = load_model(src, name=model, num_classes=num_classes, img_size=img_size, trust_pickle=trust_pickle)
+    heads = {"num_heads": num_heads} if num_heads is not None else {}   # weights without a head count (MONAI)
+    net = load_model(src, name=model, num_classes=num_classes, img_size=img_size, trust_pickle=trust_pickle, **heads)
     meta: dict[str, Any] = getattr(net, "vitlab_meta", {})
     if to == "hf":
         save_hf(net, dst)

@@ -61,7 +61,7 @@ TABLE: dict[str, dict[str, list[str]]] = {
     "models": {"pattern": ["", "zzz*"]},
     "info": {"model": TEXT, "--img-size": POSITIVE_INT, "--num-classes": POSITIVE_INT},
     "convert": {"src": TEXT, "dst": TEXT, "--to": CHOICE, "--model": TEXT, "--num-classes": POSITIVE_INT,
-                "--img-size": POSITIVE_INT},
+                "--img-size": POSITIVE_INT, "--num-heads": POSITIVE_INT},
     "explain": {"images": TEXT, "--checkpoint": TEXT, "--out": TEXT, "--data": TEXT, "--samples": POSITIVE_INT,
                 "--class": TEXT, "--layers": ["0", "-1", "x", ""], "--head-fusion": CHOICE,
                 "--discard-ratio": OPEN_FRACTION, "--threshold": FRACTION},
@@ -130,7 +130,7 @@ def files(tmp_path_factory):
 
 
 def test_table_size():
-    assert len(CASES) == 606          # the figure the README quotes
+    assert len(CASES) == 613          # the figure the README quotes
 
 
 @pytest.mark.parametrize("command,option,value", CASES, ids=[f"{c}|{o}={v!r}" for c, o, v in CASES])

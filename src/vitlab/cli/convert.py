@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int_arg(at_least=1), default=None, help="new classifier size (fresh head)")
     p.add_argument("--img-size", type=int_arg(at_least=1), default=None,
                    help="new input size (position embeddings resampled)")
+    p.add_argument("--num-heads", type=int_arg(at_least=1), default=None,
+                   help="attention heads, for weights that do not record them (MONAI UNETR; its default 12)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling of .pth/.bin files that need it (runs code from the file: only for "
                         "sources you trust)")
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import convert_checkpoint
 
     model = convert_checkpoint(args.src, args.dst, to=args.to, model=args.model, num_classes=args.num_classes,
-                               img_size=args.img_size, trust_pickle=args.trust_pickle)
+                               img_size=args.img_size, trust_pickle=args.trust_pickle,
+                               num_heads=args.num_heads)
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.src} -> {args.dst} ({args.to}): {built_description(model)}, {params / 1e6:.2f}M parameters")
     return 0
