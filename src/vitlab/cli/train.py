@@ -22,6 +22,8 @@ _HELP = {
     "fsdp": "under torchrun: shard every block with FSDP2 (ViT-L/H) instead of DDP replicas",
     "grad_checkpointing": "recompute block activations in backward (less memory, ~1/3 more compute)",
     "compile": "torch.compile the model", "channels_last": "NHWC images and conv weights (conv-heavy models)",
+    "tensorboard": "also write TensorBoard events (per-step and per-epoch scalars, the report's figures) into the "
+    "run directory; needs pip install tensorboard",
 }
 
 
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 _RESUME_OPTIONS = {"epochs", "stop_at", "device", "workers", "precision", "compile", "channels_last",
-                   "grad_checkpointing"}
+                   "grad_checkpointing", "tensorboard"}
 
 
 def _parse_value(text: str) -> object:

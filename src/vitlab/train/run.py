@@ -78,6 +78,7 @@ class TrainConfig:
     grad_checkpointing: bool = False    # recompute block activations in backward: less memory, ~1/3 more compute
     compile: bool = False               # torch.compile the model (measured in README "Performance")
     channels_last: bool = False         # NHWC images and conv weights (pays off where convolutions dominate)
+    tensorboard: bool = False           # also write TensorBoard events into the run dir (pip install tensorboard)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -130,6 +131,7 @@ _RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "teacher": ("text", {}), "distill": ("choice", {"choices": ("hard", "soft")}),
     "distill_tau": ("float", {"above": 0.0}), "distill_alpha": ("float", {"at_least": 0.0, "at_most": 1.0}),
     "fsdp": ("bool", {}), "grad_checkpointing": ("bool", {}), "compile": ("bool", {}), "channels_last": ("bool", {}),
+    "tensorboard": ("bool", {}),
 }
 _OPTIONAL = {"model", "stop_at", "img_size", "drop_path", "checkpoint", "hflip", "teacher", "distill_tau",
              "distill_alpha"}
@@ -299,6 +301,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     cfg = resolve_model_name(cfg.validate())
     task = task_for_model(cfg.model)
     task.check_config(cfg)
+    if cfg.tensorboard:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()              # the optional extra: refused in one line before any data loads
     image_size = model_image_size(cfg)     # the model's config on the meta device: bad arguments refused here
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     procs = start_processes(cfg)
@@ -318,6 +324,12 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             raise VitlabError("--resume of an --fsdp run is not supported yet (the sharded optimizer state "
                               "would have to be scattered back)")
         start_epoch, history = restore(out, trainer)
+    tb = None
+    if cfg.tensorboard and procs.dist.is_main:
+        from .tensorboard import TensorBoardLog
+
+        tb = TensorBoardLog(out, trainer.step, resume=resume)
+        trainer.on_step = tb.step
     last_epoch = min(cfg.stop_at or cfg.epochs, cfg.epochs)
     if start_epoch >= last_epoch:
         raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs}); "
@@ -343,6 +355,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         save_checkpoint(out, trainer, eval_model, run_config, epoch, history, main=procs.dist.is_main)
         if procs.dist.is_main:
             write_text(out / "metrics.csv", _csv(history))
+        if tb is not None:
+            tb.epoch(history[-1])
 
     metrics = {
         "model": cfg.model, "task": task.name, "data": data.name, "epochs": history[-1]["epoch"],
@@ -354,7 +368,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     }
     if procs.dist.is_main:
         write_json(out / "metrics.json", metrics)
-        write_report(out, task, trainer, model, cfg, data, result, history, procs.device)
+        figures = write_report(out, task, trainer, model, cfg, data, result, history, procs.device)
+        if tb is not None:
+            tb.figures(figures, trainer.step)
+            tb.close()
     log.info("%s on %s after %d epochs: %s", cfg.model, data.name, metrics["epochs"], task.summary(metrics))
     return metrics
 
@@ -368,15 +385,17 @@ def evaluation_model(trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig)
 
 
 def write_report(out: Path, task: Task, trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig, data: Any,
-                 result: dict[str, Any], history: list[dict[str, Any]], device: torch.device) -> None:
-    """The curves (every named loss part, the task's metrics) and the task's own figures (rank 0)."""
-    plot_curves(history, out / "curves.png", metrics=task.epoch_metrics, primary=task.primary_metric,
+                 result: dict[str, Any], history: list[dict[str, Any]], device: torch.device) -> list[Path]:
+    """The curves (every named loss part, the task's metrics) and the task's own figures (rank 0); returns
+    the files written."""
+    curves = plot_curves(history, out / "curves.png", metrics=task.epoch_metrics, primary=task.primary_metric,
                 note=task.loss_note(cfg, model, data))
     if cfg.fsdp:   # the sharded model runs only with every rank; rank 0 reads back the full saved weights
         from ..checkpoint import load_model
 
         model = load_model(out).to(device)
-    task.report(out, trainer.ema.module if trainer.ema is not None else model, data, result, history)
+    return [curves, *task.report(out, trainer.ema.module if trainer.ema is not None else model, data, result,
+                                 history)]
 
 
 def save_checkpoint(out: Path, trainer: Trainer, eval_model: torch.nn.Module, run_config: dict[str, Any],

@@ -16,6 +16,7 @@ from ..runtime import autocast
 from .ema import ModelEMA
 
 Progress = Callable[..., Iterator]   # tqdm-like: progress(iterable, total=, desc=) with optional set_postfix
+StepHook = Callable[[int, dict[str, float]], None]   # (optimizer step, {"loss", each named part, "lr"})
 
 
 class NonFiniteLoss(VitlabError):
@@ -29,7 +30,8 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, scheduler: Any, *, batch_transform: nn.Module,
                  device: torch.device, precision: str = "fp32", clip_grad: float = 0.0,
                  ema: ModelEMA | None = None, grad_accum: int = 1,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 on_step: StepHook | None = None) -> None:
         self.model, self.objective = model, objective
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batch_transform = batch_transform
@@ -37,6 +39,9 @@ class Trainer:
         self.clip_grad, self.ema, self.grad_accum = clip_grad, ema, grad_accum
         self.memory_format = memory_format    # channels_last: NHWC batches for conv-heavy models
         self.step = 0            # optimizer steps done
+        # called after each optimizer step with the step's mean loss and named parts over its batches and the lr
+        # it used (TensorBoard); reading them costs one host sync per step, so only when set
+        self.on_step = on_step
         # On CUDA the non-finite check must not wait for the GPU every step. With a fused optimizer the flag
         # stays on the device: the optimizer skips its update there once it is set (the GradScaler mechanism),
         # and the host reads it every `check_every` batches and at the end of the epoch.
@@ -55,6 +60,7 @@ class Trainer:
         it = progress(batches, total=total, desc=f"epoch {epoch}") if progress else batches
         loss_sum, seen, t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
         part_sums: dict[str, Tensor] = {}
+        step_sums: dict[str, Tensor] = {}   # this optimizer step's batches, for on_step
         micro = 0
         for images, targets in it:
             images = images.to(self.device, non_blocking=True)
@@ -76,15 +82,19 @@ class Trainer:
             for name, value in parts.items():
                 part_sums[name] = part_sums.get(name, 0.0) + value.detach().float() * batch
             seen += batch
+            if self.on_step is not None:
+                for name, value in {"loss": loss, **parts}.items():
+                    step_sums[name] = step_sums.get(name, 0.0) + value.detach().float()
             if micro % self.grad_accum == 0:
-                self.optimizer_step()
+                self.optimizer_step(step_sums, self.grad_accum)
+                step_sums = {}
             if progress and hasattr(it, "set_postfix") and micro % 10 == 0:
                 shown = {k: f"{v.item():.3f}" for k, v in list(parts.items())[:4]} if len(parts) > 1 else {}
                 it.set_postfix(loss=f"{loss.item():.3f}", **shown,
                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if micro % self.grad_accum:
-            self.optimizer_step()
+            self.optimizer_step(step_sums, micro % self.grad_accum)
         self.check_finite(None, epoch, force=True)
         elapsed = time.perf_counter() - t0
         from .distributed import sum_over_ranks
@@ -123,7 +133,9 @@ class Trainer:
             raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}); that step and the ones after it "
                                 "were skipped on the device, the weights and the last checkpoint are intact")
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, step_sums: dict[str, Tensor] | None = None, batches: int = 1) -> None:
+        """One update; then on_step, if set, gets `step_sums` (summed over the step's `batches`) as means."""
+        lr = self.optimizer.param_groups[0]["lr"]      # the rate this update uses (the scheduler moves it next)
         if self.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
         self.optimizer.step()
@@ -133,6 +145,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
+        if self.on_step is not None and step_sums:
+            self.on_step(self.step, {**{k: float(v) / batches for k, v in step_sums.items()}, "lr": lr})
         cpu_policy.tick()            # fewer threads while other processes keep cores busy (vitlab.cpu_policy)
 
 
