@@ -90,15 +90,23 @@ class Attention(nn.Module):
         return (self.fused and bf16_on_cpu(qkv) and type(self).attend is Attention.attend
                 and not (self.training and self.attn_drop.p > 0) and not torch.compiler.is_compiling())
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """The attention core on split heads: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d)."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+               is_causal: bool = False) -> Tensor:
+        """The attention core on split heads: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d).
+        is_causal: query i sees keys 0..i only (a decoder; Nq == Nk); the fused path passes it to the kernel when
+        there is no other mask, the other paths apply it as a lower-triangular bool mask."""
+        if is_causal and (attn_mask is not None or not self.fused or bf16_on_cpu(q)):
+            attn_mask = merge_masks(causal_mask(q.shape[-2], k.shape[-2], q.device), None) if attn_mask is None \
+                else _and_mask(attn_mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
+            is_causal = False
         if self.fused and bf16_on_cpu(q):
             return self._attend_gemm(q, k, v, attn_mask)
         if self.fused:
             p = self.attn_drop.p if self.training else 0.0
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(q.dtype)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale,
+                                                  is_causal=is_causal)
         scores = (q * self.scale) @ k.transpose(-2, -1)                            # (B, h, Nq, Nk)
         weights = self.weights(_masked_softmax(scores, attn_mask))   # the probe: recording sees these
         return self.attn_drop(weights) @ v
@@ -213,7 +221,7 @@ class PositionalAttention(Attention):
     """
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, *, pos: Tensor | None = None,
-                key_padding_mask: Tensor | None = None) -> Tensor:
+                key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         B, N, C = x.shape                                                          # batch, tokens, channels
         h = self.num_heads
         qkv = self.qkv(x)                                                          # (B, N, 3C)
@@ -222,7 +230,7 @@ class PositionalAttention(Attention):
             qk = qk + F.linear(pos, self.qkv.weight[:2 * C])                       # (B, N, 2C)
         q, k = split_fused_heads(qk, h, parts=2)                                   # each (B, h, N, d)
         v = split_heads(v, h)                                                      # (B, h, N, d)
-        x = self.attend(q, k, v, merge_masks(attn_mask, key_padding_mask))         # (B, h, N, d)
+        x = self.attend(q, k, v, merge_masks(attn_mask, key_padding_mask), is_causal)  # (B, h, N, d)
         x = x.transpose(1, 2).reshape(B, N, C)                                     # (B, N, heads * head_dim)
         return self.proj_drop(self.proj(x))
 
@@ -240,3 +248,16 @@ def merge_masks(attn_mask: Tensor | None, key_padding_mask: Tensor | None) -> Te
     if attn_mask.dtype == torch.bool:
         return attn_mask & keys
     return attn_mask.masked_fill(~keys, float("-inf"))
+
+
+def causal_mask(num_queries: int, num_keys: int, device: torch.device | None = None) -> Tensor:
+    """(Nq, Nk) bool, True = attend: query i sees keys 0..i (the lower triangle, top-left aligned as the fused
+    kernel's is_causal)."""
+    return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril()
+
+
+def _and_mask(attn_mask: Tensor, allowed: Tensor) -> Tensor:
+    """attn_mask (bool or additive float) restricted to where `allowed` (bool) is True."""
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & allowed
+    return attn_mask.masked_fill(~allowed, float("-inf"))

@@ -35,9 +35,10 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x: Tensor, pos: Tensor | None = None, attn_mask: Tensor | None = None,
-                key_padding_mask: Tensor | None = None) -> Tensor:
+                key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         def attn(t: Tensor) -> Tensor:
-            return self.drop1(self.self_attn(t, attn_mask, pos=pos, key_padding_mask=key_padding_mask))
+            return self.drop1(self.self_attn(t, attn_mask, pos=pos, key_padding_mask=key_padding_mask,
+                                             is_causal=is_causal))
 
         if self.norm_first:
             x = x + attn(self.norm1(x))
@@ -69,9 +70,12 @@ class TransformerDecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor, *, query_pos: Tensor | None = None,
                 memory_pos: Tensor | None = None, self_attn_mask: Tensor | None = None,
-                key_padding_mask: Tensor | None = None, memory_key_padding_mask: Tensor | None = None) -> Tensor:
+                key_padding_mask: Tensor | None = None, memory_key_padding_mask: Tensor | None = None,
+                is_causal: bool = False) -> Tensor:
+        """is_causal: each query sees itself and the queries before it (a text decoder's masked self-attention)."""
         def self_attn(t: Tensor) -> Tensor:
-            return self.drop1(self.self_attn(t, self_attn_mask, pos=query_pos, key_padding_mask=key_padding_mask))
+            return self.drop1(self.self_attn(t, self_attn_mask, pos=query_pos, key_padding_mask=key_padding_mask,
+                                             is_causal=is_causal))
 
         def cross_attn(t: Tensor) -> Tensor:
             return self.drop2(self.cross_attn(t, memory, key_padding_mask=memory_key_padding_mask, q_pos=query_pos,
@@ -98,10 +102,10 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm_first else nn.Identity()
 
     def forward(self, x: Tensor, pos: Tensor | None = None, attn_mask: Tensor | None = None,
-                key_padding_mask: Tensor | None = None) -> Tensor:
+                key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """x (B, N, dim) -> memory (B, N, dim)."""
         for layer in self.layers:
-            x = layer(x, pos, attn_mask, key_padding_mask)
+            x = layer(x, pos, attn_mask, key_padding_mask, is_causal)
         return self.norm(x)
 
 
@@ -123,14 +127,15 @@ class TransformerDecoder(nn.Module):
     def forward(self, x: Tensor, memory: Tensor, *, query_pos: Tensor | None = None,
                 memory_pos: Tensor | None = None, self_attn_mask: Tensor | None = None,
                 key_padding_mask: Tensor | None = None, memory_key_padding_mask: Tensor | None = None,
-                return_intermediate: bool = False) -> Tensor:
+                return_intermediate: bool = False, is_causal: bool = False) -> Tensor:
         """x (B, Nq, dim), memory (B, Nk, memory_dim) -> (B, Nq, dim) after the final norm; with
         return_intermediate every layer's output through that norm, stacked: (depth, B, Nq, dim) (DETR's
         auxiliary outputs; the last entry is the plain result)."""
         outputs = []
         for layer in self.layers:
             x = layer(x, memory, query_pos=query_pos, memory_pos=memory_pos, self_attn_mask=self_attn_mask,
-                      key_padding_mask=key_padding_mask, memory_key_padding_mask=memory_key_padding_mask)
+                      key_padding_mask=key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                      is_causal=is_causal)
             if self.norm_between:
                 x = self.norm(x)
             if return_intermediate:
