@@ -38,7 +38,8 @@ BASE = {
     "export": ["export", "{ck}", "--onnx", "--out", "{out}/model.onnx"],
     "data export": ["data", "export", "scenes", "{out}/scenes"],
     **{f"study {name}": ["study", name, "--out", "{out}/study"]
-       for name in ("attention-distance", "complexity", "distill", "robustness", "stn")},
+       for name in ("attention-distance", "complexity", "distill", "robustness", "segmentation", "stn")},
+    "serve": ["serve", "--checkpoint", "{ck}", "--port", "0"],
 }
 
 TABLE: dict[str, dict[str, list[str]]] = {
@@ -88,6 +89,11 @@ TABLE: dict[str, dict[str, list[str]]] = {
                          "--epochs": POSITIVE_INT, "--eval-images": POSITIVE_INT, "--attack-images": POSITIVE_INT,
                          "--pgd-steps": POSITIVE_INT, "--repeats": POSITIVE_INT, "--seed": NON_NEGATIVE_INT,
                          "--out": TEXT},
+    "serve": {"--checkpoint": TEXT, "--host": TEXT, "--port": ["-1", "65536", "1.5", "nan", "x", ""],
+              "--max-upload-mb": ["0", "-1", "1025", "nan", "x", ""]},
+    "study segmentation": {"--data": TEXT, "--budget": ["0", "-1", "nan", "inf", "x", ""], "--seeds": POSITIVE_INT,
+                           "--seed": NON_NEGATIVE_INT, "--batch-size": POSITIVE_INT, "--lr": POSITIVE_FLOAT,
+                           "--out": TEXT},
     "study stn": {"--data": CHOICE, "--epochs": POSITIVE_INT, "--batch-size": POSITIVE_INT,
                   "--lr": POSITIVE_FLOAT, "--heads": POSITIVE_INT, "--canvas": ["7", "0", "nan", "x", ""],
                   "--crop": ["7", "0", "nan", "x", ""], "--max-rotation": ["-1", "181", "nan", "inf", "x", ""],
@@ -130,7 +136,7 @@ def files(tmp_path_factory):
 
 
 def test_table_size():
-    assert len(CASES) == 613          # the figure the README quotes
+    assert len(CASES) == 661          # the figure the README quotes
 
 
 @pytest.mark.parametrize("command,option,value", CASES, ids=[f"{c}|{o}={v!r}" for c, o, v in CASES])
@@ -169,4 +175,4 @@ def test_table_covers_every_numeric_and_choice_option_of_every_command():
     assert missing == []
     commands = {c.split()[0] for c in TABLE}
     assert commands == {"train", "eval", "predict", "models", "info", "convert", "explain", "study", "bench",
-                        "export", "data"}
+                        "export", "data", "serve"}
