@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import VitlabError
-from .loader import epoch_indices
+from .loader import epoch_batches
 
 STAT_KEYS = ("clipped_boxes", "dropped_boxes", "crowd_boxes", "skipped_images")
 
@@ -114,13 +114,8 @@ def detection_batches(dataset: DetectionSet, batch_size: int, *, shuffle: bool, 
     The order and the sharding are vitlab.data.loader.epoch_indices', as for classification. drop_crowd removes
     iscrowd boxes from the yielded targets (training ignores them, as COCO does); the set itself is unchanged.
     """
-    if batch_size < 1:
-        raise VitlabError(f"batch size must be at least 1, got {batch_size}")
-    indices = epoch_indices(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rank=rank,
-                            world_size=world_size)
-    for idx in torch.split(indices, batch_size):
-        if drop_last and len(idx) < batch_size:
-            break
+    for idx in epoch_batches(len(dataset), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
+                             rank=rank, world_size=world_size):
         targets = [dataset.targets[int(i)] for i in idx]
         if drop_crowd:
             targets = [_without_crowd(t) for t in targets]

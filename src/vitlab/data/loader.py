@@ -31,18 +31,27 @@ def batches(imageset: ImageSet, batch_size: int, *, shuffle: bool, seed: int = 0
     is seen at least once per epoch; with drop_last it is cut to a multiple, and the last short batch is dropped.
     A lazy set may yield a smaller batch when some of its files fail to decode, and skips a batch that is all failures.
     """
-    if batch_size < 1:
-        raise VitlabError(f"batch size must be at least 1, got {batch_size}")
-    indices = epoch_indices(len(imageset), shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rank=rank,
-                            world_size=world_size)
-    index_batches = list(torch.split(indices, batch_size))
-    if drop_last and index_batches and len(index_batches[-1]) < batch_size:
-        index_batches.pop()
+    index_batches = epoch_batches(len(imageset), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                                  drop_last=drop_last, rank=rank, world_size=world_size)
     if imageset.images is not None:
         for idx in index_batches:
             yield imageset.images[idx], imageset.labels[idx]
     else:
         yield from _lazy_batches(imageset, index_batches, num_workers)
+
+
+def epoch_batches(n: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, drop_last: bool = False,
+                  rank: int = 0, world_size: int = 1) -> list[Tensor]:
+    """This rank's batches of sample indices for one epoch (epoch_indices split by batch_size; with drop_last, a
+    last short batch is dropped). Every task's batch iterator uses it, so all share one order and sharding."""
+    if batch_size < 1:
+        raise VitlabError(f"batch size must be at least 1, got {batch_size}")
+    indices = epoch_indices(n, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rank=rank,
+                            world_size=world_size)
+    index_batches = list(torch.split(indices, batch_size))
+    if drop_last and index_batches and len(index_batches[-1]) < batch_size:
+        index_batches.pop()
+    return index_batches
 
 
 def num_batches(imageset: ImageSet | int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:

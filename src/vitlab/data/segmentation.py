@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import VitlabError
-from .loader import epoch_indices
+from .loader import epoch_batches
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,8 @@ def segmentation_batches(dataset: SegmentationSet, batch_size: int, *, shuffle: 
                          world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (images uint8 (B, C, *spatial), masks int64 (B, *spatial)) for this rank's share of one epoch, in
     vitlab.data.loader.epoch_indices' order."""
-    if batch_size < 1:
-        raise VitlabError(f"batch size must be at least 1, got {batch_size}")
-    indices = epoch_indices(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rank=rank,
-                            world_size=world_size)
-    for idx in torch.split(indices, batch_size):
-        if drop_last and len(idx) < batch_size:
-            break
+    for idx in epoch_batches(len(dataset), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
+                             rank=rank, world_size=world_size):
         yield dataset.images[idx], dataset.masks[idx].long()
 
 

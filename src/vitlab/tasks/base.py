@@ -78,6 +78,17 @@ class Task:
         return f"{self.primary_metric} {metrics[self.primary_metric]:.4g}"
 
 
+def refuse_classification_options(cfg: Any, kind: str, augmentation: str) -> None:
+    """One line naming every classification-only training option that is on, for a `kind` model (detection,
+    segmentation, ...) whose own augmentation is `augmentation`."""
+    refused = [flag for flag, on in (("--mixup", cfg.mixup > 0), ("--cutmix", cfg.cutmix > 0),
+                                     ("--randaugment", cfg.randaugment > 0), ("--erase", cfg.erase > 0),
+                                     ("--teacher", bool(cfg.teacher))) if on]
+    if refused:
+        raise VitlabError(f"{', '.join(refused)}: classification-only; {cfg.model} is a {kind} model "
+                          f"(its augmentation is {augmentation})")
+
+
 def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The input normalisation a model's weights expect (its cfg.mean / cfg.std)."""
     cfg = getattr(model, "cfg", None)

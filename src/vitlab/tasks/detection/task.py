@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ...errors import VitlabError
 from ...io import write_text
-from ..base import Task, mean_std
+from ..base import Task, mean_std, refuse_classification_options
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,7 @@ class DetectionTask(Task):
     epoch_metrics = MAP_KEYS
 
     def check_config(self, cfg: Any) -> None:
-        refused = [flag for flag, on in (("--mixup", cfg.mixup > 0), ("--cutmix", cfg.cutmix > 0),
-                                         ("--randaugment", cfg.randaugment > 0), ("--erase", cfg.erase > 0),
-                                         ("--teacher", bool(cfg.teacher))) if on]
-        if refused:
-            raise VitlabError(f"{', '.join(refused)}: classification-only; {cfg.model} is a detection model "
-                              "(its augmentation is box-aware crop, flip and colour jitter)")
+        refuse_classification_options(cfg, "detection", "box-aware crop, flip and colour jitter")
 
     def build_data(self, cfg: Any, image_size: int) -> Any:
         from ...data.detection import build_detection_data

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ...errors import VitlabError
 from ...runtime import autocast
-from ..base import Task, mean_std
+from ..base import Task, mean_std, refuse_classification_options
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,7 @@ class SegmentationTask(Task):
         self.overlap = overlap                                      # sliding-window overlap (predict)
 
     def check_config(self, cfg: Any) -> None:
-        refused = [flag for flag, on in (("--mixup", cfg.mixup > 0), ("--cutmix", cfg.cutmix > 0),
-                                         ("--randaugment", cfg.randaugment > 0), ("--erase", cfg.erase > 0),
-                                         ("--teacher", bool(cfg.teacher))) if on]
-        if refused:
-            raise VitlabError(f"{', '.join(refused)}: classification-only; {cfg.model} is a segmentation model "
-                              "(its augmentation is mask-aware crop, flip and intensity jitter)")
+        refuse_classification_options(cfg, "segmentation", "mask-aware crop, flip and intensity jitter")
 
     def build_data(self, cfg: Any, image_size: int) -> Any:
         from ...data.segmentation import build_segmentation_data
