@@ -108,10 +108,12 @@ def segmentation_batches(dataset: SegmentationSet, batch_size: int, *, shuffle: 
 _EXPECTED = ("expected 'scenes', 'volumes', a folder of images/ + masks/ (PNG masks), or of imagesTr/ + labelsTr/ "
              "or images/ + labels/ (.npy / .nii / .nii.gz volumes)")
 
+SCENES_TRAIN, VOLUMES_TRAIN = 2000, 500     # training images / volumes of the generated specs
+
 
 def build_segmentation_data(spec: str, image_size: int, *, spatial_dims: int = 2, seed: int = 0,
-                            val_fraction: float = 0.2, scenes_train: int = 2000, scenes_val: int = 500,
-                            volumes_train: int = 500, volumes_val: int = 100) -> SegmentationBundle:
+                            val_fraction: float = 0.2, scenes_train: int = SCENES_TRAIN, scenes_val: int = 500,
+                            volumes_train: int = VOLUMES_TRAIN, volumes_val: int = 100) -> SegmentationBundle:
     """A segmentation data spec -> SegmentationBundle at side image_size. Raises VitlabError on a bad spec.
     spatial_dims is the model's (2 or 3): a 2-D model given volumes (or the reverse) is refused in one line."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:

@@ -102,9 +102,10 @@ def quick_folder(root: Path, n: int = 40) -> str:
 
 def epochs_for_budget(model_name: str, budget_s: float, batch_size: int, data: str) -> int:
     """Epochs that fill `budget_s` seconds of training: a few timed optimizer steps on random inputs of the
-    model's size, times the training batches an epoch has (the scenes default, 2000 images)."""
+    model's size, times the training batches an epoch has (a generated spec's size; 1000 images for a folder)."""
     import torch
 
+    from ..data.segmentation import SCENES_TRAIN, VOLUMES_TRAIN
     from ..registry import create_model
 
     model = create_model(model_name)
@@ -121,7 +122,7 @@ def epochs_for_budget(model_name: str, budget_s: float, batch_size: int, data: s
         opt.zero_grad()
         timings.append(time.perf_counter() - t0)
     step_s = sorted(timings[1:])[1]                      # the median of the steps after the first
-    n_train = 2000 if data == "scenes" else 1000
+    n_train = {"scenes": SCENES_TRAIN, "volumes": VOLUMES_TRAIN}.get(data, 1000)
     return max(1, round(budget_s / (step_s * (n_train // batch_size))))
 
 
