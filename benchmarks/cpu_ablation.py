@@ -32,8 +32,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-import vitlab.layers.attention as attention  # noqa: E402
-import vitlab.layers.linear as linear  # noqa: E402
+import vitlab.layers.cpu_kernels as cpu_kernels  # noqa: E402
 from vitlab.bench.throughput import BenchConfig, build_ours, make_step, time_interleaved  # noqa: E402
 from vitlab.layers import freeze_for_inference  # noqa: E402
 
@@ -44,11 +43,11 @@ HERE = Path(__file__).resolve().parent
 def without(piece: str, model: torch.nn.Module):
     """Switch one piece off for the duration of one step."""
     if piece == "onednn_linear":
-        saved, linear._ONEDNN = linear._ONEDNN, False
+        saved, cpu_kernels._ONEDNN = cpu_kernels._ONEDNN, False
         try:
             yield
         finally:
-            linear._ONEDNN = saved
+            cpu_kernels._ONEDNN = saved
     elif piece == "packed_weights":
         freeze_for_inference(model, False)
         try:
@@ -56,12 +55,12 @@ def without(piece: str, model: torch.nn.Module):
         finally:
             freeze_for_inference(model, True)
     elif piece == "gemm_attention":
-        saved_fn = attention.bf16_on_cpu
-        attention.bf16_on_cpu = lambda q: False          # the fused path then calls SDPA
+        saved_fn = cpu_kernels.bf16_on_cpu
+        cpu_kernels.bf16_on_cpu = lambda q: False          # the fused path then calls SDPA
         try:
             yield
         finally:
-            attention.bf16_on_cpu = saved_fn
+            cpu_kernels.bf16_on_cpu = saved_fn
     else:
         raise ValueError(piece)
 

@@ -136,28 +136,23 @@ def test_bf16_cpu_fast_path_gradients_equal_the_explicit_path(mask):
         assert ((a - b).norm() / b.norm()) < 0.02
 
 
-def test_packed_qkv_path_is_taken_only_where_it_is_the_same_function(monkeypatch):
-    """bf16 on a CPU without a mask: PackedQKVAttention (its own backward); with a mask, dropout on the weights in
-    training, or a subclass's own `attend`, the per-tensor path."""
-    import vitlab.layers.attention as A
+def test_bf16_cpu_takes_the_gemm_kernel_with_masks_dropout_and_subclasses(monkeypatch):
+    """bf16 on a CPU: the fused path's one call into cpu_kernels.gemm_attention, with or without a mask, with
+    dropout on the weights in training; fp32 and the explicit path never call it."""
+    import vitlab.layers.cpu_kernels as K
 
     calls = []
-    real = A.PackedQKVAttention.apply
-    monkeypatch.setattr(A.PackedQKVAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    real = K.gemm_attention
+    monkeypatch.setattr(K, "gemm_attention", lambda *a: calls.append(a[0].dtype) or real(*a))
     x = torch.randn(2, 16, 32)
 
-    def run(attn, mask=None):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    def run(attn, mask=None, bf16=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             attn(x, mask).float().sum().backward()
-        return len(calls)
+        return [c for c in calls if c == torch.bfloat16]
 
-    assert run(Attention(32, 4)) == 1
-    assert run(Attention(32, 4), torch.ones(16, 16, dtype=torch.bool)) == 1
-    assert run(Attention(32, 4, attn_drop=0.1)) == 1
-    assert run(Attention(32, 4, attn_drop=0.1).eval()) == 2              # dropout is off at inference
-
-    class Halved(Attention):                   # a subclass with its own attention core
-        def attend(self, q, k, v, attn_mask=None):
-            return 0.5 * super().attend(q, k, v, attn_mask)
-
-    assert run(Halved(32, 4)) == 2
+    assert len(run(Attention(32, 4))) == 1
+    assert len(run(Attention(32, 4), torch.ones(16, 16, dtype=torch.bool))) == 2
+    assert len(run(Attention(32, 4, attn_drop=0.1))) == 3
+    assert len(run(Attention(32, 4), bf16=False)) == 3                   # fp32: asked, declines (SDPA runs)
+    assert len(run(Attention(32, 4, fused=False))) == 3                  # explicit: never asked

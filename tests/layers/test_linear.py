@@ -1,5 +1,5 @@
-"""layers.Linear: nn.Linear with a oneDNN path under bf16 on a CPU (bias in the GEMM epilogue; GELU too in Mlp at
-inference). Each path must equal the plain one, and the fast path must really be the one taken."""
+"""layers.Linear: nn.Linear with a oneDNN path (layers.cpu_kernels) under bf16 on a CPU (bias in the GEMM epilogue;
+GELU too in Mlp at inference). Each path must equal the plain one, and the fast path must really be the one taken."""
 from __future__ import annotations
 
 import pytest
@@ -8,23 +8,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitlab.layers import Mlp
+from vitlab.layers import cpu_kernels as K
 from vitlab.layers import linear as L
 
-pytestmark = pytest.mark.skipif(not L._onednn_bf16(), reason="this CPU or torch build has no oneDNN bf16")
+pytestmark = pytest.mark.skipif(not K.onednn_bf16_available(), reason="this CPU or torch build has no oneDNN bf16")
 autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)   # noqa: E731
 
 
 @pytest.fixture
 def spy(monkeypatch):
     calls = []
-    real = L.onednn_linear
+    real = K.onednn_linear
 
     def onednn_linear(*args, **kwargs):
         calls.append(args[4] if len(args) > 4 else kwargs.get("act", "none"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(L, "onednn_linear", onednn_linear)
-    monkeypatch.setattr("vitlab.layers.mlp.onednn_linear", onednn_linear)
+    monkeypatch.setattr(K, "onednn_linear", onednn_linear)
     return calls
 
 
@@ -63,8 +63,8 @@ def test_fp32_and_bf16_tensors_without_autocast_take_onednn_at_inference(spy):
 @pytest.mark.parametrize("bias", [True, False])
 def test_fp32_training_path_equals_addmm_forward_and_gradients(monkeypatch, bias):
     calls = []
-    real = L._OneDNNLinear.apply
-    monkeypatch.setattr(L._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
+    real = K._OneDNNLinear.apply
+    monkeypatch.setattr(K._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     fast, plain = L.Linear(48, 80, bias=bias), nn.Linear(48, 80, bias=bias)
     plain.load_state_dict(fast.state_dict())
@@ -112,7 +112,7 @@ def test_mlp_inference_fuses_gelu_and_equals_the_plain_path(spy):
 
 def test_onednn_linear_refuses_autograd():
     with pytest.raises(RuntimeError, match="for inference"):
-        L.onednn_linear(torch.randn(2, 3), torch.randn(4, 3), None, torch.bfloat16, "gelu", "none")
+        K.onednn_linear(torch.randn(2, 3), torch.randn(4, 3), None, torch.bfloat16, "gelu", "none")
 
 
 def test_frozen_linear_packs_once_and_follows_in_place_updates():
@@ -129,13 +129,13 @@ def test_frozen_linear_packs_once_and_follows_in_place_updates():
             return F.linear(x, layer.weight, layer.bias).float()
 
     torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
-    packed = L._PACKED[id(layer.weight)][1]
+    packed = layer.__dict__[K.PACKED_ATTR][1]
     run()
-    assert L._PACKED[id(layer.weight)][1] is packed                # reused, not packed again
+    assert layer.__dict__[K.PACKED_ATTR][1] is packed                # reused, not packed again
     opt = torch.optim.AdamW(layer.parameters(), lr=0.5)
     layer(x).square().sum().backward()
     opt.step()                                                     # in-place update: the version moves on
-    assert not torch.allclose(run(), torch.zeros(1)) and L._PACKED[id(layer.weight)][1] is not packed
+    assert not torch.allclose(run(), torch.zeros(1)) and layer.__dict__[K.PACKED_ATTR][1] is not packed
     torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
     layer.load_state_dict({"weight": torch.randn(40, 24), "bias": torch.zeros(40)})
     torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
@@ -144,11 +144,25 @@ def test_frozen_linear_packs_once_and_follows_in_place_updates():
     torch.testing.assert_close(run(), plain(), rtol=0.02, atol=1e-2)
 
 
+def test_the_packed_copy_lives_and_dies_with_its_module():
+    import gc
+    import weakref
+
+    layer = L.freeze_for_inference(L.Linear(16, 16))
+    with torch.no_grad(), autocast():
+        layer(torch.randn(3, 16))
+    packed = weakref.ref(layer.__dict__[K.PACKED_ATTR][1])
+    assert list(layer.state_dict()) == ["weight", "bias"]          # not a parameter, buffer or state-dict entry
+    del layer
+    gc.collect()
+    assert packed() is None                                        # no global table keeps it alive
+
+
 def test_unfrozen_linear_keeps_no_packed_copy():
     layer = L.Linear(8, 8)
     with torch.no_grad(), autocast():
         layer(torch.randn(2, 8))
-    assert id(layer.weight) not in L._PACKED
+    assert K.PACKED_ATTR not in layer.__dict__
 
 
 def test_empty_batches_take_the_plain_path():

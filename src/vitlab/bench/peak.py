@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..layers.linear import onednn_available
+from ..layers.cpu_kernels import onednn_available
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

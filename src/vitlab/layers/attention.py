@@ -1,7 +1,8 @@
 """The one multi-head attention of vitlab.
 
 Two numerically equal paths live in the same module, chosen per module by its `fused` attribute (no global flag):
-- fused (training/inference): torch.nn.functional.scaled_dot_product_attention;
+- fused (training/inference): torch.nn.functional.scaled_dot_product_attention (on bf16 CPU tensors, the GEMM
+  kernel of vitlab.layers.cpu_kernels);
 - explicit (analysis): softmax(Q K^T / sqrt(d) + bias) V, whose weights pass through `self.weights`, an identity
   module, so a forward hook on it sees them (this is how vitlab.explain records attention).
 Every attention variant (windowed, axial, low-rank, pooled, ...) subclasses Attention and reuses `attend`.
@@ -15,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_kernels
+from .cpu_kernels import masked_softmax
 from .linear import Linear
 
 
@@ -74,104 +77,32 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         B, N, C = x.shape                                                          # batch, tokens, channels
-        qkv = self.qkv(x)                                                          # (B, N, 3 * C)
-        if attn_mask is None and self._packed_qkv_path(qkv):
-            qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim)              # the kernel's input layout
-            x = PackedQKVAttention.apply(qkv, self.scale)                          # (B, heads, N, head_dim)
-        else:
-            q, k, v = split_fused_heads(qkv, self.num_heads)                       # each (B, heads, N, head_dim)
-            x = self.attend(q, k, v, attn_mask)                                    # (B, heads, N, head_dim)
+        q, k, v = split_fused_heads(self.qkv(x), self.num_heads)                   # each (B, heads, N, head_dim)
+        x = self.attend(q, k, v, attn_mask)                                        # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, C)                                     # (B, N, heads * head_dim)
         return self.proj_drop(self.proj(x))
-
-    def _packed_qkv_path(self, qkv: Tensor) -> bool:
-        """The bf16 CPU GEMM path of `attend`, taken on the packed q/k/v tensor (PackedQKVAttention) where that is
-        the same function: no mask, no dropout on the weights, `attend` not replaced by a subclass."""
-        return (self.fused and bf16_on_cpu(qkv) and type(self).attend is Attention.attend
-                and not (self.training and self.attn_drop.p > 0) and not torch.compiler.is_compiling())
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
                is_causal: bool = False) -> Tensor:
         """The attention core on split heads: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d).
         is_causal: query i sees keys 0..i only (a decoder; Nq == Nk); the fused path passes it to the kernel when
         there is no other mask, the other paths apply it as a lower-triangular bool mask."""
-        if is_causal and (attn_mask is not None or not self.fused or bf16_on_cpu(q)):
+        if is_causal and (attn_mask is not None or not self.fused or cpu_kernels.bf16_on_cpu(q)):
             attn_mask = merge_masks(causal_mask(q.shape[-2], k.shape[-2], q.device), None) if attn_mask is None \
                 else _and_mask(attn_mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
             is_causal = False
-        if self.fused and bf16_on_cpu(q):
-            return self._attend_gemm(q, k, v, attn_mask)
         if self.fused:
+            out = cpu_kernels.gemm_attention(q, k, v, self.scale, attn_mask, self.attn_drop)   # bf16 on a CPU
+            if out is not None:
+                return out
             p = self.attn_drop.p if self.training else 0.0
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(q.dtype)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale,
                                                   is_causal=is_causal)
         scores = (q * self.scale) @ k.transpose(-2, -1)                            # (B, h, Nq, Nk)
-        weights = self.weights(_masked_softmax(scores, attn_mask))   # the probe: recording sees these
+        weights = self.weights(masked_softmax(scores, attn_mask))   # the probe: recording sees these
         return self.attn_drop(weights) @ v
-
-    def _attend_gemm(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
-        """The bf16 CPU path: the explicit formula as two batched GEMMs on (B*h, N, d) operands, the scale
-        applied inside the first GEMM (baddbmm's alpha) rather than as a pass over q."""
-        B, h, Nq, d = q.shape
-        Nk, dv = k.shape[-2], v.shape[-1]
-        q3, k3, v3 = q.reshape(B * h, Nq, d), k.reshape(B * h, Nk, d), v.reshape(B * h, Nk, dv)  # copies views
-        weights = _masked_softmax(_scaled_scores(q3, k3, self.scale).view(B, h, Nq, Nk), attn_mask)  # (B,h,Nq,Nk)
-        out = torch.bmm(self.attn_drop(weights).view(B * h, Nq, Nk).to(v3.dtype), v3)   # (B*h, Nq, dv)
-        return out.view(B, h, Nq, dv)
-
-
-class PackedQKVAttention(torch.autograd.Function):
-    """softmax(scale q k^T) v straight from the q/k/v projection's output, qkv (B, N, 3, h, d) -> (B, h, N, d).
-
-    Attention._attend_gemm's function, with a backward of its own: it writes the q, k and v gradients into one
-    (3, B*h, N, d) buffer, scaled inside the GEMMs, where autograd would stack three separate tensors and scale two
-    of them in extra passes (ViT-Ti/16 bf16 training step here: 1.00-1.02x in four interleaved runs)."""
-
-    @staticmethod
-    def forward(ctx, qkv: Tensor, scale: float) -> Tensor:
-        B, N, _, h, d = qkv.shape
-        t = qkv.permute(2, 0, 3, 1, 4).reshape(3, B * h, N, d)                    # one copy: q, k, v stacked
-        q, k, v = t.unbind(0)                                                      # each (B*h, N, d)
-        weights = _scaled_scores(q, k, scale).softmax(-1)                          # (B*h, N, N)
-        ctx.save_for_backward(t, weights)
-        ctx.scale = scale
-        return torch.bmm(weights, v).view(B, h, N, d)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        t, weights = ctx.saved_tensors                                             # (3, B*h, N, d), (B*h, N, N)
-        q, k, v = t.unbind(0)
-        B, h, N, d = grad.shape
-        grad = grad.reshape(B * h, N, d)
-        out = torch.empty_like(t)                                                  # d/dq, d/dk, d/dv
-        torch.bmm(weights.transpose(1, 2), grad, out=out[2])
-        dscores = torch._softmax_backward_data(torch.bmm(grad, v.transpose(1, 2)), weights, -1, weights.dtype)
-        zero = dscores.new_zeros(1, 1, 1)
-        torch.baddbmm(zero, dscores, k, beta=0.0, alpha=ctx.scale, out=out[0])
-        torch.baddbmm(zero, dscores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale, out=out[1])
-        return out.view(3, B, h, N, d).permute(1, 3, 0, 2, 4), None                # (B, N, 3, h, d)
-
-
-def _scaled_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
-    """scale * q k^T as one batched GEMM with the scale inside it: q (b, Nq, d), k (b, Nk, d) -> (b, Nq, Nk)."""
-    return torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0.0, alpha=scale)
-
-
-def _masked_softmax(scores: Tensor, attn_mask: Tensor | None) -> Tensor:
-    """softmax over the last dim after a bool mask (True = attend) or an additive float bias."""
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-            else scores + attn_mask
-    return scores.softmax(dim=-1)
-
-
-def bf16_on_cpu(q: Tensor) -> bool:
-    """bf16 on the CPU: the fused path computes softmax(QK^T)V as two bf16 GEMMs instead of the CPU flash kernel,
-    which is no faster in bf16 than in fp32 (ViT-Ti/16 at 224 here: training 1.42x, inference 1.25x; ViT-B/16
-    inference 1.11x; benchmarks/cpu_ablation.py). The memory is then O(N^2) per head, as on the explicit path."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
 # --- separate query and key/value inputs (encoder-decoder attention; DETR's position offsets) --------------------

@@ -1,11 +1,11 @@
 """Transformer feed-forward block."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .linear import Linear, onednn_dtype, onednn_linear
+from . import cpu_kernels
+from .linear import Linear
 
 
 class Mlp(nn.Module):
@@ -21,10 +21,8 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training and not torch.is_grad_enabled() and isinstance(self.act, nn.GELU):
-            dtype = onednn_dtype(x, self.fc1.weight)
-            if dtype is not None:     # CPU inference: GELU (and fc1's bias) in fc1's GEMM epilogue
-                h = onednn_linear(x, self.fc1.weight, self.fc1.bias, dtype, "gelu", self.act.approximate,
-                                  pack=self.fc1.frozen)
+        if not self.training and isinstance(self.act, nn.GELU):     # CPU inference: GELU in fc1's GEMM epilogue
+            h = cpu_kernels.linear_gelu(self.fc1, x, self.act.approximate, self.fc1.frozen)
+            if h is not None:
                 return self.fc2(h)
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
