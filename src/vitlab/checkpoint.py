@@ -102,6 +102,10 @@ def load_model(path: str | Path, *, name: str | None = None, num_classes: int | 
         classes = None
     model.vitlab_meta = {k: v for k, v in ckpt.meta.items() if k != "classes"} | ({"classes": classes} if classes
                                                                                    else {})
+    if model.vitlab_meta.get("task_extras"):     # e.g. a translation model's tokenizer (Task.restore_extras)
+        from .tasks import restore_task_extras
+
+        restore_task_extras(model)
     return model.eval()
 
 

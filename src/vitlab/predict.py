@@ -22,11 +22,12 @@ from .registry import create_model, list_models
 
 @dataclass
 class Predictor:
-    """A model with what it needs to read images: class names, input size, normalisation."""
+    """A model with what it needs to read images: class names, input size, normalisation. A text model
+    (translation) has neither input size nor normalisation (None): its task reads its inputs (model.tokenizer)."""
     model: nn.Module
     classes: list[str]
-    image_size: int
-    normalize: Normalize
+    image_size: int | None
+    normalize: Normalize | None
     precision: str = "fp32"      # "bf16": the forward under bf16 autocast (CPU included)
 
     @classmethod
@@ -47,12 +48,13 @@ class Predictor:
         else:
             model = load_model(checkpoint)
         model = freeze_for_inference(model.to(device).eval())   # weights constant from here: packed once for bf16
-        size = model.cfg.img_size
-        size = size if isinstance(size, int) else size[0]
+        cfg = getattr(model, "cfg", None)
+        size = getattr(cfg, "img_size", None)
+        size = size if size is None or isinstance(size, int) else size[0]
         meta = getattr(model, "vitlab_meta", {})
         classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
-        return cls(model, list(classes), size, Normalize(tuple(model.cfg.mean), tuple(model.cfg.std)).to(device),
-                   precision)
+        normalize = Normalize(tuple(cfg.mean), tuple(cfg.std)).to(device) if hasattr(cfg, "mean") else None
+        return cls(model, list(classes), size, normalize, precision)
 
     @property
     def device(self) -> torch.device:

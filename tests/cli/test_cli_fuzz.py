@@ -47,6 +47,7 @@ TABLE: dict[str, dict[str, list[str]]] = {
         "--model": TEXT, "--data": TEXT, "--out": TEXT, "--epochs": POSITIVE_INT, "--stop-at": POSITIVE_INT,
         "--batch-size": POSITIVE_INT, "--lr": POSITIVE_FLOAT, "--weight-decay": NON_NEGATIVE_FLOAT,
         "--warmup-epochs": NON_NEGATIVE_FLOAT, "--min-lr-ratio": FRACTION, "--clip-grad": NON_NEGATIVE_FLOAT,
+        "--schedule": CHOICE,
         "--grad-accum": POSITIVE_INT, "--label-smoothing": OPEN_FRACTION, "--img-size": POSITIVE_INT,
         "--drop-path": OPEN_FRACTION, "--checkpoint": TEXT, "--crop-scale": POSITIVE_FLOAT,
         "--randaugment": NON_NEGATIVE_INT, "--mixup": NON_NEGATIVE_FLOAT, "--cutmix": NON_NEGATIVE_FLOAT,

@@ -21,7 +21,7 @@ def _layers(text: str) -> list[int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="attention maps, rollout, saliency and more as an HTML report")
     p.add_argument("images", nargs="*", metavar="IMAGE", type=text_arg,
-                   help="image files (resized to the model's input)")
+                   help="image files (resized to the model's input); for a translation model, sentences")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_MODEL", type=text_arg,
                    help="run directory / checkpoint, or a registered model name (fresh weights)")
     p.add_argument("--out", default="runs/explain", type=text_arg, help="report directory (index.html + PNGs)")
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     summary = explain_checkpoint(args.checkpoint, args.images, args.out, data=args.data, samples=args.samples,
                                  class_name=args.class_name, layers=args.layers, head_fusion=args.head_fusion,
                                  discard_ratio=args.discard_ratio, threshold=args.threshold)
+    for line in summary.get("lines", []):                   # a task's own explanation (translation)
+        print(line)
     for p in summary.get("predictions", []):
         wrong = f"  WRONG (true {p['true']})" if p.get("correct") is False else ""
         print(f"{p['image']:<40} {p['class']:<16} {p['probability'] * 100:5.1f}%{wrong}")

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files, or detect objects in them")
     p.add_argument("--checkpoint", required=True, type=text_arg,
                    help="run directory, checkpoint, or .onnx file (--runtime onnx)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", type=text_arg)
+    p.add_argument("images", nargs="+", metavar="IMAGE", type=text_arg,
+                   help="image files; for a translation model, the sentences to translate")
     p.add_argument("--top-k", type=int_arg(at_least=1), default=5, help="classification: classes shown per image")
     p.add_argument("--threshold", type=float_arg(at_least=0.0, at_most=1.0), default=0.5,
                    help="detection: lowest score kept (0-1)")

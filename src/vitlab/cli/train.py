@@ -21,7 +21,8 @@ _HELP = {
     "precision": "fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU)", "ema": "EMA decay, e.g. 0.999 (0 = off)",
     "fsdp": "under torchrun: shard every block with FSDP2 (ViT-L/H) instead of DDP replicas",
     "grad_checkpointing": "recompute block activations in backward (less memory, ~1/3 more compute)",
-    "compile": "torch.compile the model", "channels_last": "NHWC images and conv weights (conv-heavy models)",
+    "schedule": "learning-rate schedule: cosine (warm-up + cosine decay) or noam (the 2017 Transformer's warm-up + "
+    "1/sqrt(step), peaking at --lr)", "compile": "torch.compile the model", "channels_last": "NHWC images and conv weights (conv-heavy models)",
     "tensorboard": "also write TensorBoard events (per-step and per-epoch scalars, the report's figures) into the "
     "run directory; needs pip install tensorboard",
 }

@@ -88,7 +88,12 @@ def explain_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out
     default_layers), head_fusion and discard_ratio are a classifier's."""
     from .detr import gather_detection_images, is_detector
 
+    from ..tasks import task_of
+
     model = load_explain_model(checkpoint)
+    own = task_of(model).explain(model, [str(i) for i in images], Path(out), data=data, samples=samples)
+    if own is not None:                  # a task with figures of its own (translation: cross-attention alignment)
+        return own
     meta = getattr(model, "vitlab_meta", None) or {}
     if not images and data is None:
         data = meta.get("data")

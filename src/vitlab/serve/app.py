@@ -4,7 +4,7 @@
     GET  /api/models                 {"models": [info, ...]}
     POST /api/predict                multipart image + model [+ top_k] -> {"model", "top_k": [...]}
     POST /api/attention              the same form; ?full=1&head_fusion=mean&discard_ratio=0 -> vitlab.serve.analyse
-    GET  /api/sample?model=&source=val|shapes&index=   PNG at the model's input size (X-Vitlab-Label: true class)
+    GET  /api/sample?model=&source=val|shapes|scenes&index=   PNG at the model's input size (X-Vitlab-Label: true class)
 
 Every error is {"error": "one line"} with its status (400 bad input, 404 unknown model, 413 too large, 415 not
 multipart, 503 busy); no traceback ever reaches a response. Model work runs in a thread pool sized to the CPU.
@@ -129,6 +129,7 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
             raise HTTPException(400, "the form has no file field 'image'")
         data = await image.read()
         await form.close()
+        fields["filename"] = image.filename or ""       # only to name the upload in an error
         return served_model, data, fields
 
     def int_param(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
@@ -150,7 +151,7 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
         top_k = int_param(fields.get("top_k"), "top_k", 5, 1, 1000)
 
         def work():
-            return predict_top_k(m, decode_upload(data, m.predictor.image_size), top_k)
+            return predict_top_k(m, decode_upload(data, m.predictor.image_size, filename=fields["filename"]), top_k)
 
         return JSONResponse({"model": m.name, "top_k": await in_pool(work)})
 
@@ -166,7 +167,8 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
             raise HTTPException(400, "discard_ratio must be a number in [0, 1)") from None
 
         def work():
-            return analyse(m, decode_upload(data, m.predictor.image_size), head_fusion=q.get("head_fusion", "mean"),
+            image = decode_upload(data, m.predictor.image_size, filename=fields["filename"])
+            return analyse(m, image, head_fusion=q.get("head_fusion", "mean"),
                            discard_ratio=discard, full=full in ("1", "true"), max_full_values=max_full_values)
 
         return JSONResponse(await in_pool(work))

@@ -93,29 +93,41 @@ def load_served_models(paths: list[str]) -> dict[str, ServedModel]:
     return served
 
 
-def decode_upload(data: bytes, image_size: int, max_pixels: int | None = None) -> Tensor:
+def decode_upload(data: bytes, image_size: int, max_pixels: int | None = None, filename: str | None = None) -> Tensor:
     """Uploaded bytes -> uint8 (1, 3, S, S) through the library's robust decoder. The header is read first and an
     image of more than max_pixels (default PIL's Image.MAX_IMAGE_PIXELS, its decompression-bomb guard) is refused
-    without decoding it. Raises VitlabError with one line on anything that is not a readable image."""
+    without decoding it. Raises VitlabError with one line, naming the upload, on anything that is not a readable
+    image (PIL's own message names a Python object, never shown)."""
     from ..data.decode import load_image
 
+    name = upload_name(filename)
     if not data:
-        raise VitlabError("the image file is empty")
+        raise VitlabError(f"{name} is empty")
     limit = max_pixels or Image.MAX_IMAGE_PIXELS
     try:
         with Image.open(io.BytesIO(data)) as img:       # reads the header only
             w, h = img.size
-    except Image.DecompressionBombError as e:
-        raise VitlabError(f"image refused (decompression-bomb guard): {e}") from None
-    except Exception:  # noqa: BLE001 - not an image PIL knows: the decoder below gives the one-line reason
-        w = h = 0
+    except Image.DecompressionBombError:                # PIL refuses past 2x its limit already at open
+        raise VitlabError(f"{name} refused (decompression-bomb guard): more than {2 * Image.MAX_IMAGE_PIXELS} "
+                          "pixels; it was not decoded") from None
+    except Exception:  # noqa: BLE001 - PIL recognises no image format in the bytes
+        raise VitlabError(f"{name} is not an image PIL can read (no valid PNG, JPEG, GIF, BMP, TIFF or WebP header)") from None
     if w * h > limit:
-        raise VitlabError(f"image refused (decompression-bomb guard): {w}x{h} is {w * h} pixels, more than the "
+        raise VitlabError(f"{name} refused (decompression-bomb guard): {w}x{h} is {w * h} pixels, more than the "
                           f"limit of {limit}; it was not decoded")
     try:
         return load_image(data, image_size).unsqueeze(0)
-    except VitlabError as e:
-        raise VitlabError(str(e).replace("<bytes>", "the upload") + " (not an image?)") from None
+    except VitlabError as e:                            # a known format whose data is broken (truncated, corrupt)
+        reason = str(e).removeprefix("cannot decode <bytes>: ")
+        raise VitlabError(f"{name} is a broken image: {reason}") from None
+
+
+def upload_name(filename: str | None) -> str:
+    """How an error names an upload: its file name, quoted and cut to 60 printable characters."""
+    if not filename:
+        return "the upload"
+    clean = "".join(ch if ch.isprintable() else "?" for ch in Path(filename.replace("\\", "/")).name)[:60]
+    return f"the upload {clean!r}"
 
 
 def predict_top_k(served: ServedModel, image: Tensor, top_k: int = 5) -> list[dict[str, Any]]:
@@ -179,7 +191,8 @@ def analyse(served: ServedModel, image: Tensor, *, head_fusion: str = "mean", di
 
 def validation_image(served: ServedModel, index: int, source: str = "val") -> tuple[Tensor, str]:
     """A sample at the model's input size: one of the run's validation images (digits and shapes runs: cheap),
-    or a generated shapes image. -> (uint8 (3, S, S), its true class name)."""
+    a generated shapes image, or a generated scenes image. -> (uint8 (3, S, S), its true class name; for a scene,
+    its caption)."""
     size = served.predictor.image_size
     if source == "shapes":
         from ..data.shapes import SHAPE_CLASSES, generate_shapes
@@ -187,8 +200,18 @@ def validation_image(served: ServedModel, index: int, source: str = "val") -> tu
         s = generate_shapes(1, size, np.random.default_rng([index % 2**32, 7]))
         k = index % len(s)
         return s.images[k], SHAPE_CLASSES[int(s.labels[k])]
+    if source == "scenes":
+        from ..data.scenes import generate_scenes
+
+        scene = generate_scenes(1, max(size, 32), np.random.default_rng([index % 2**32, 11]))
+        image = scene.images[0]
+        if image.shape[-1] != size:                     # scenes need room for their objects: drawn at >= 32 px
+            from ..data.decode import resize_uint8
+
+            image = resize_uint8(image[None], size)[0]
+        return image, scene.captions[0]
     if source != "val":
-        raise VitlabError(f"source must be val or shapes, got {source!r}")
+        raise VitlabError(f"source must be val, shapes or scenes, got {source[:40]!r}")
     if served.data not in ("digits", "shapes"):
         raise VitlabError(f"{served.name}: its validation images are not available here (data "
                           f"{served.data or 'unknown'}; only digits and shapes runs are cheap to rebuild)")

@@ -20,7 +20,7 @@ from ..registry import model_task
 from .base import Task
 
 _TASK_MODULES = {"classification": ".classification", "detection": ".detection",
-                 "segmentation": ".segmentation"}
+                 "segmentation": ".segmentation", "translation": ".translation"}
 
 
 def get_task(name: str) -> Task:
@@ -42,4 +42,13 @@ def task_of(model: Any) -> Task:
     return task_for_model(name) if name else get_task("classification")
 
 
-__all__ = ["Task", "get_task", "task_for_model", "task_of"]
+def restore_task_extras(model: Any, extras: dict[str, Any] | None = None) -> None:
+    """Give a loaded model what its task stored beside the weights (config.json "task_extras"; default: the
+    model's vitlab_meta), e.g. a translation model's tokenizer. A no-op for tasks that store nothing."""
+    if extras is None:
+        extras = (getattr(model, "vitlab_meta", None) or {}).get("task_extras") or {}
+    if extras:
+        task_of(model).restore_extras(model, extras)
+
+
+__all__ = ["Task", "get_task", "restore_task_extras", "task_for_model", "task_of"]

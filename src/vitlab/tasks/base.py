@@ -23,6 +23,7 @@ class Task:
     name: str = ""
     primary_metric: str = ""                 # the metrics.json key a run is judged by (e.g. "val_top1")
     epoch_metrics: tuple[str, ...] = ()      # evaluate() keys logged per epoch in metrics.csv
+    takes_images: bool = True                # False: text in (translation); no input size, no normalisation
 
     def check_config(self, cfg: Any) -> None:
         """Refuse training options that make no sense for the task (one clear line)."""
@@ -67,6 +68,22 @@ class Task:
         """Run `predictor` (vitlab.predict.Predictor) on image files, write what the task writes under `out`,
         and return one line per image for the terminal."""
         raise NotImplementedError
+
+    def checkpoint_extras(self, data: Any) -> dict[str, Any]:
+        """What a checkpoint needs beyond the weights to run the model (JSON-able; e.g. {"tokenizer":
+        tokenizer.to_dict()}). Stored in the run's config.json under "task_extras"; restore_extras reads it back."""
+        return {}
+
+    def restore_extras(self, model: nn.Module, extras: dict[str, Any]) -> None:
+        """Attach what checkpoint_extras stored to a model loaded for eval/predict/explain/resume (e.g.
+        model.tokenizer). Called by vitlab.checkpoint.load_model and by run_training."""
+
+    def explain(self, model: nn.Module, inputs: list[str], out: Path, *, data: str | None = None,
+                samples: int = 4) -> dict[str, Any] | None:
+        """`vitlab explain` for a task with its own figures (e.g. translation's cross-attention alignment):
+        write them under `out`, return the summary ({"files": [...], "report": path, "lines": [terminal lines]}).
+        None: the image report of vitlab.explain (classification, detection)."""
+        return None
 
     def loss_note(self, cfg: Any, model: nn.Module, data: Any) -> str | None:
         """A line for the curves figure saying why the training loss is not comparable with the validation loss

@@ -1,4 +1,5 @@
-"""AdamW with the usual exclusions from weight decay, and a linear warm-up + cosine schedule."""
+"""AdamW with the usual exclusions from weight decay; a linear warm-up + cosine schedule, or the 2017
+Transformer's warm-up + inverse square root ("noam")."""
 from __future__ import annotations
 
 import math
@@ -36,5 +37,18 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
             return (step + 1) / warmup_steps
         t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_rsqrt(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Vaswani et al. 2017 §5.3, lrate = d^-0.5 * min(n^-0.5, n * warmup^-1.5) at step n (from 1), scaled so
+    that its peak (n = warmup) is the optimizer's lr: factor = warmup^0.5 * min(n^-0.5, n * warmup^-1.5). With
+    lr = d^-0.5 * warmup^-0.5 this is the paper's schedule exactly."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        n = step + 1
+        return warmup ** 0.5 * min(n ** -0.5, n * warmup ** -1.5)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

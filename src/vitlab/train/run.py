@@ -29,7 +29,7 @@ from .distributed import DistInfo, barrier, full_optimizer_state, full_state_dic
 from ..runtime import resolve_device, resolve_precision
 from ..tasks import Task, task_for_model
 from .ema import ModelEMA
-from .optim import build_optimizer, warmup_cosine
+from .optim import build_optimizer, warmup_cosine, warmup_rsqrt
 from .report import plot_curves
 from .state import STATE_NAME, load_state, rng_state, save_state, set_rng_state
 from .trainer import Progress, Trainer
@@ -51,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.05          # AdamW decay on weights (not norms, biases, tokens, position embeddings)
     warmup_epochs: float = 5.0          # linear warm-up, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.01
+    schedule: str = "cosine"            # cosine: warm-up + cosine; noam: warm-up + 1/sqrt(step) (Vaswani et al.)
     clip_grad: float = 1.0              # max gradient norm; 0 = off
     grad_accum: int = 1                 # batches per optimizer step
     label_smoothing: float = 0.1
@@ -118,7 +119,8 @@ _RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "epochs": ("int", {"at_least": 1}), "stop_at": ("int", {"at_least": 1}),
     "batch_size": ("int", {"at_least": 1}), "lr": ("float", {"above": 0.0}),
     "weight_decay": ("float", {"at_least": 0.0}), "warmup_epochs": ("float", {"at_least": 0.0}),
-    "min_lr_ratio": ("float", {"at_least": 0.0, "at_most": 1.0}), "clip_grad": ("float", {"at_least": 0.0}),
+    "min_lr_ratio": ("float", {"at_least": 0.0, "at_most": 1.0}),
+    "schedule": ("choice", {"choices": ("cosine", "noam")}), "clip_grad": ("float", {"at_least": 0.0}),
     "grad_accum": ("int", {"at_least": 1}), "label_smoothing": ("float", {"at_least": 0.0, "below": 1.0}),
     "img_size": ("int", {"at_least": 1}), "drop_path": ("float", {"at_least": 0.0, "below": 1.0}),
     "checkpoint": ("text", {}), "hflip": ("bool", {}), "crop_scale": ("float", {"above": 0.0}),
@@ -275,8 +277,11 @@ def build_trainer(cfg: TrainConfig, task: Task, model: torch.nn.Module, data: An
     # trainer skip a non-finite step without a host sync; CPU kernels exist from torch 2.4
     fused = procs.device.type == "cuda" or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=fused)
-    scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), cfg.epochs * steps_per_epoch,
-                              cfg.min_lr_ratio)
+    if cfg.schedule == "noam":            # the 2017 Transformer's: peak --lr at the end of the warm-up
+        scheduler = warmup_rsqrt(optimizer, warmup_steps(cfg, steps_per_epoch))
+    else:
+        scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), cfg.epochs * steps_per_epoch,
+                                  cfg.min_lr_ratio)
     trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=procs.device,
                       precision=procs.precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
                       memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -305,7 +310,11 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         from .tensorboard import require_tensorboard
 
         require_tensorboard()              # the optional extra: refused in one line before any data loads
-    image_size = model_image_size(cfg)     # the model's config on the meta device: bad arguments refused here
+    if task.takes_images:
+        image_size: int | None = model_image_size(cfg)   # the model's config on the meta device: bad args refused
+    else:                                  # text in (translation): no input size; bad arguments refused all the same
+        image_size = None
+        default_config(cfg.model, **cfg.model_args)
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     procs = start_processes(cfg)
     progress = progress if procs.dist.is_main else None
@@ -315,8 +324,11 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     model = prepare_model(build_model(cfg, len(data.classes), image_size).to(procs.device), cfg, procs.dist)
     if procs.dist.rank:   # the same initial weights everywhere, then each rank its own augmentation/drop-path draws
         torch.manual_seed(cfg.seed + procs.dist.rank)
+    extras = task.checkpoint_extras(data)  # e.g. the tokenizer: what the model needs beyond its weights
+    task.restore_extras(model, extras)
     trainer, train_batches = build_trainer(cfg, task, model, data, image_size, procs)
-    run_config = model_config(model, data.classes, image_size=image_size, data=data.name, train=asdict(cfg))
+    run_config = model_config(model, data.classes, image_size=image_size, data=data.name, train=asdict(cfg),
+                              **({"task_extras": extras} if extras else {}))
 
     start_epoch, history = (0, [])
     if resume:
@@ -324,6 +336,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             raise VitlabError("--resume of an --fsdp run is not supported yet (the sharded optimizer state "
                               "would have to be scattered back)")
         start_epoch, history = restore(out, trainer)
+        check_task_extras(out, extras)
     tb = None
     if cfg.tensorboard and procs.dist.is_main:
         from .tensorboard import TensorBoardLog
@@ -335,9 +348,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs}); "
                           "pass a larger --epochs to continue")
     params = sum(p.numel() for p in model.parameters())
-    log.info("%s (%s): %.2fM parameters, %d classes, %d train / %d val images at %dpx, %s %s", cfg.model,
-             task.name, params / 1e6, len(data.classes), len(data.train), len(data.val), image_size, procs.device,
-             procs.precision)
+    log.info("%s (%s): %.2fM parameters, %d classes, %d train / %d val %s%s, %s %s", cfg.model,
+             task.name, params / 1e6, len(data.classes), len(data.train), len(data.val),
+             "images" if task.takes_images else "examples", f" at {image_size}px" if image_size else "",
+             procs.device, procs.precision)
 
     result: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, last_epoch + 1):
@@ -374,6 +388,16 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             tb.close()
     log.info("%s on %s after %d epochs: %s", cfg.model, data.name, metrics["epochs"], task.summary(metrics))
     return metrics
+
+
+def check_task_extras(out: Path, extras: dict[str, Any]) -> None:
+    """--resume: the rebuilt data must give what the run stored beside its weights (e.g. the same vocabulary)."""
+    import json
+
+    saved = read_config(out).get("task_extras") or {}
+    if json.loads(json.dumps(extras)) != saved:
+        raise VitlabError(f"{out}: the data now gives other task extras ({', '.join(sorted(extras)) or 'none'}; "
+                          "e.g. another vocabulary) than the run was trained with; cannot resume")
 
 
 def evaluation_model(trainer: Trainer, model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:

@@ -140,13 +140,13 @@ function drawDistance() {
   for (let l = 0; l < L; l++) ctx.fillText(String(l + 1), x(l) - 3, bottom + 14);
   for (const t of [0, ymax / 2, ymax / 1.1]) ctx.fillText(t.toFixed(1), 4, y(t) + 4);
   ctx.fillText("layer", (left + right) / 2 - 12, canvas.height - 3);
-  ctx.save(); ctx.translate(11, top + 95); ctx.rotate(-Math.PI / 2); ctx.restore();
   dist.forEach((heads, l) => heads.forEach((v, h) => {
     const [R, G, B] = colour(H > 1 ? h / (H - 1) : 0.5);
     ctx.fillStyle = `rgb(${R},${G},${B})`;
     ctx.beginPath(); ctx.arc(x(l) + (h - (H - 1) / 2) * 3, y(v), 4, 0, 2 * Math.PI); ctx.fill();
   }));
   ctx.fillStyle = "#445"; ctx.fillText("pixels", left + 4, top + 8);
+  ctx.textAlign = "right"; ctx.fillText(`colour: head 1 … ${H}`, right, top + 8); ctx.textAlign = "left";
 }
 
 function drawPrediction(topk) {
@@ -176,6 +176,27 @@ function form(blob) {
   return f;
 }
 
+// the analysis with the full attention tensors (hover needs them); a model too large for them gets the rest
+async function attentionData(blob) {
+  try {
+    return await api("/api/attention?full=1", { method: "POST", body: form(blob) });
+  } catch (e) {
+    if (!e.message.includes("without full=1")) throw e;
+    return api("/api/attention", { method: "POST", body: form(blob) });
+  }
+}
+
+// a model without attention over patches: the prediction and the image, nothing else
+async function predictionOnly(blob, prediction) {
+  state.data = null; state.attn = null;
+  drawPrediction(prediction.top_k);
+  const url = URL.createObjectURL(blob);
+  try { state.img = await loadImage(url); } finally { URL.revokeObjectURL(url); }
+  drawImage($("image"), 1);
+  $("overlay").getContext("2d").clearRect(0, 0, $("overlay").width, $("overlay").height);
+  showMessage(`${state.info.name} has no attention over patches: prediction only`);
+}
+
 async function analyse(blob, label) {
   state.blob = blob; state.hover = null; state.pinned = null;
   document.body.dataset.status = "working";
@@ -184,9 +205,15 @@ async function analyse(blob, label) {
   try {
     const [prediction, data] = await Promise.all([
       api("/api/predict", { method: "POST", body: form(blob) }),
-      api("/api/attention?full=1", { method: "POST", body: form(blob) })]);
+      state.info.attention ? attentionData(blob) : null]);
+    if (!data) {
+      await predictionOnly(blob, prediction);
+      document.body.dataset.status = "ready";
+      return;
+    }
     drawPrediction(prediction.top_k);
-    state.data = data; state.attn = decodeTensor(data.attention);
+    state.data = data; state.attn = data.attention ? decodeTensor(data.attention) : null;
+    if (!state.attn) showMessage("this model's full attention is past the server's size limit: no per-patch hover");
     setOptions($("layer"), [...Array(data.layers).keys()].map((l) => [l, `${l + 1}`]), data.layers - 1);
     setOptions($("head"), [[-1, "mean"], ...[...Array(data.heads).keys()].map((h) => [h, `${h + 1}`])], -1);
     $("class").value = String(prediction.top_k[0].index);
@@ -201,7 +228,7 @@ async function analyse(blob, label) {
 }
 
 async function updateRollout() {
-  if (!state.blob) return;
+  if (!state.blob || !state.data) return;
   const fusion = $("fusion").value, discard = $("discard").value;
   $("discard-value").textContent = Number(discard).toFixed(2);
   try {
@@ -230,7 +257,8 @@ async function sample(source) {
     const response = await api(`/api/sample?model=${encodeURIComponent($("model").value)}&source=${source}&index=${index}`);
     const label = response.headers.get("X-Vitlab-Label");
     const blob = await response.blob();
-    await analyse(blob, `${source === "val" ? "validation" : "shapes"} image #${index} (true: ${label})`);
+    const what = { val: "validation image", shapes: "shapes sample", scenes: "scenes sample" }[source];
+    await analyse(blob, `${what} #${index} (${source === "scenes" ? "" : "true: "}${label})`);
   } catch (e) { showMessage(e.message); }
 }
 
@@ -257,6 +285,7 @@ async function start() {
   $("model").addEventListener("change", modelChanged);
   $("file").addEventListener("change", () => { if ($("file").files[0]) analyse($("file").files[0]); });
   $("shapes").addEventListener("click", () => sample("shapes"));
+  $("scenes").addEventListener("click", () => sample("scenes"));
   $("val").addEventListener("click", () => sample("val"));
   $("layer").addEventListener("change", drawOverlay);
   $("head").addEventListener("change", drawOverlay);
