@@ -135,7 +135,7 @@ def start(window: float = START_WINDOW_S) -> CpuPolicy:
         policy.threads = policy.choose(others) if others is not None else cores
         _set_threads(policy.threads)
         if policy.threads < cores:
-            log.info("other processes keep %.1f of %d cores busy: %d torch thread%s (VITLAB_CPU_POLICY=off: "
+            log.info("other processes keep %.1f of %d cores busy: %d torch thread%s (VITLAB_CPU_POLICY=off for "
                      "torch's default)", others, cores, policy.threads, "s" if policy.threads > 1 else "")
         _POLICY = policy
     return _POLICY

@@ -36,10 +36,14 @@ def is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from ..errors import VitlabError
 
+    from importlib.util import find_spec
+
     try:
-        import multipart  # noqa: F401  (python-multipart)
         import starlette  # noqa: F401
         import uvicorn
+        # python-multipart: `python_multipart` since 0.0.13 (importing the old name `multipart` warns), before only that
+        if find_spec("python_multipart") is None and find_spec("multipart") is None:
+            raise ImportError(name="python-multipart")
     except ImportError as e:
         raise VitlabError(f"vitlab serve needs the serve extra ({e.name} is missing): {INSTALL}") from None
     from ..serve.app import create_app

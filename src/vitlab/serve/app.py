@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
@@ -38,8 +38,11 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from receive() once the streamed body passes the limit; the route's exception handler answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the upload is larger than the limit of {limit} bytes")
 
 
 def cpu_count() -> int:
@@ -71,7 +74,7 @@ class UploadLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                raise _TooLarge(self.limit)
             return message
 
         async def tracked_send(message):
@@ -120,6 +123,8 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
             raise HTTPException(415, "send multipart/form-data with the file field 'image' and the field 'model'")
         try:
             form = await request.form(max_files=1, max_fields=8)
+        except _TooLarge:
+            raise
         except HTTPException as e:
             raise HTTPException(400, f"malformed multipart body: {e.detail}") from None
         image = form.get("image")
@@ -204,14 +209,29 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HTTPException: on_http, VitlabError: on_vitlab, ClientDisconnect: on_disconnect, Exception: on_other})
 
-    async def headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = CSP       # no script or style from anywhere but this app
-        response.headers["Cache-Control"] = "no-store"
-        return response
+    return SecurityHeaders(UploadLimit(app, max_upload_bytes))
 
-    from starlette.middleware.base import BaseHTTPMiddleware
 
-    app.add_middleware(BaseHTTPMiddleware, dispatch=headers)
-    return UploadLimit(app, max_upload_bytes)
+class SecurityHeaders:
+    """ASGI middleware: every response says nosniff, no-store, and a CSP that allows no script, style or connection
+    from anywhere but this app. (Plain ASGI rather than BaseHTTPMiddleware, whose task group would wrap an
+    exception raised while the body streams in an ExceptionGroup.)"""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", CSP.encode()),
+               (b"cache-control", b"no-store")]
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in self.HEADERS}
+                message = {**message, "headers": [h for h in message.get("headers", []) if h[0].lower() not in names]
+                           + self.HEADERS}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -111,7 +111,8 @@ def decode_upload(data: bytes, image_size: int, max_pixels: int | None = None, f
         raise VitlabError(f"{name} refused (decompression-bomb guard): more than {2 * Image.MAX_IMAGE_PIXELS} "
                           "pixels; it was not decoded") from None
     except Exception:  # noqa: BLE001 - PIL recognises no image format in the bytes
-        raise VitlabError(f"{name} is not an image PIL can read (no valid PNG, JPEG, GIF, BMP, TIFF or WebP header)") from None
+        raise VitlabError(f"{name} is not an image PIL can read (no valid PNG, JPEG, GIF, BMP, TIFF or WebP "
+                          "header)") from None
     if w * h > limit:
         raise VitlabError(f"{name} refused (decompression-bomb guard): {w}x{h} is {w * h} pixels, more than the "
                           f"limit of {limit}; it was not decoded")

@@ -1,0 +1,84 @@
+"""Fixtures of the serve tests: a tiny checkpoint trained here in about a second, and a real uvicorn server in a
+thread on a free loopback port."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import vitlab
+from vitlab.checkpoint import save_model
+from vitlab.data import build_data
+
+
+def train_tiny(directory, steps: int = 80, seed: int = 0, depth: int = 2):
+    """vit_micro_patch2_8 (`depth` layers) on digits, Adam for `steps` batches of 64 -> a run-like checkpoint
+    directory (config.json with classes, data=digits, image_size=8 + model.safetensors).
+    Returns (directory, val top-1 in [0, 1])."""
+    torch.manual_seed(seed)
+    data = build_data("digits", 8)
+    model = vitlab.create_model("vit_micro_patch2_8", num_classes=10, depth=depth)
+    mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
+    x = (data.train.images.float() / 255 - mean) / std                    # (1347, 3, 8, 8)
+    y = data.train.labels
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(y), (64,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        xv = (data.val.images.float() / 255 - mean) / std
+        top1 = (model(xv).argmax(-1) == data.val.labels).float().mean().item()
+    save_model(model, directory, classes=data.classes, data="digits", image_size=8)
+    return directory, top1
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A trained tiny run directory (digits, 8 px, 4x4 patches, 2 layers, 4 heads)."""
+    directory, top1 = train_tiny(tmp_path_factory.mktemp("serve_run") / "digits_tiny")
+    assert top1 > 0.3, f"the tiny serve checkpoint did not train (val top-1 {top1:.2f})"
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(app):
+    """uvicorn serving `app` on 127.0.0.1 in a thread. Yields the base URL; stops the server on exit."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def start_server():
+    """live_server as a fixture (test modules cannot import conftest under --import-mode=importlib)."""
+    return live_server
