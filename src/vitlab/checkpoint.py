@@ -126,7 +126,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str = "vitlab", 
     if to == "hf":
         save_hf(net, dst)
     else:
-        extra = {k: v for k, v in meta.items() if k in ("source_format",)}
+        extra = {k: v for k, v in meta.items() if k in ("source_format", "task_extras")}  # e.g. a tokenizer
         save_model(net, dst, classes=meta.get("classes"), **extra)
     log.debug("wrote %s (%s) from %s", dst, to, src)
     return net

@@ -51,3 +51,21 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def unique_stems(stems: list[str]) -> list[str]:
+    """Output names for inputs in one call: each stem as given, a repeated one suffixed _2, _3, ... in order
+    (a/case.png and b/case.png write case_* and case_2_*, not one file over the other)."""
+    seen: dict[str, int] = {}
+    taken = set(stems)
+    out = []
+    for stem in stems:
+        n = seen.get(stem, 0) + 1
+        name = stem if n == 1 else f"{stem}_{n}"
+        while n > 1 and name in taken:            # a suffixed name that is itself an input's stem
+            n += 1
+            name = f"{stem}_{n}"
+        seen[stem] = n
+        taken.add(name)
+        out.append(name)
+    return out

@@ -67,6 +67,13 @@ def test_hd95_equals_monai_and_is_nan_for_missing_classes():
     assert hd[0, 0].item() == pytest.approx(ref[0, 0].item()) and hd[0, 0] > 0
     assert math.isnan(hd[0, 1])                                        # class 2 in neither
 
+    # ignored voxels belong to no class: a far-away ignored blob (255, which clamping would make class 2) and a
+    # wrong prediction inside it change nothing
+    target[0, 10:12, 10:12, 10:12] = 255
+    pred[0, 10:12, 10:12, 10:12] = 1
+    again = hd95_per_image(pred, target, 3)
+    assert again[0, 0].item() == pytest.approx(ref[0, 0].item()) and math.isnan(again[0, 1])
+
 
 def test_loss_equals_monai_dice_ce_and_ignores_pixels():
     g = torch.Generator().manual_seed(1)

@@ -60,6 +60,13 @@ def test_predict_writes_palette_mask_and_overlay(run_dir, tmp_path, capsys):
     assert mask.mode == "P" and mask.size == (48, 40) and np.asarray(mask).max() < 7
     assert Image.open(tmp_path / "p" / "x_overlay.png").size == (48, 40)
     assert "x_mask.png" in capsys.readouterr().out
+    # two inputs of one name in different folders: both written, the second as x_2_*
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.zeros((40, 48, 3), dtype=np.uint8)).save(tmp_path / "b" / "x.png")
+    assert main(["predict", "--checkpoint", str(out), str(img), str(tmp_path / "b" / "x.png"),
+                 "--out", str(tmp_path / "q")]) == 0
+    assert sorted(f.name for f in (tmp_path / "q").iterdir()) == ["x_2_mask.png", "x_2_overlay.png", "x_mask.png",
+                                                                  "x_overlay.png"]
 
 
 def test_eval_prints_the_metrics(run_dir, capsys):
@@ -89,3 +96,29 @@ def test_volumes_train_with_a_3d_model_and_report_hd95(tmp_path, monkeypatch):
     mask = np.load(tmp_path / "p" / "case_mask.npy")
     assert mask.shape == (20, 24, 24) and mask.max() < 4
     assert Image.open(tmp_path / "p" / "case_montage.png").width > 24 * 8
+
+
+def test_loss_weights_reach_the_objective_and_other_tasks_refuse_them(capsys):
+    """--ce-weight / --dice-weight: the trained loss is their weighted sum; a classifier refuses them in one line;
+    both at 0 is refused (nothing would train)."""
+    import torch
+
+    from vitlab.tasks.segmentation.loss import SegmentationLoss
+    from vitlab.train.run import TrainConfig as Cfg
+
+    task = task_for_model("unet_small_64")
+    model = __import__("vitlab").create_model("unet_small_64", widths=[4, 8], img_size=16)
+    objective = task.objective(Cfg(model="unet_small_64", ce_weight=0.25, dice_weight=2.0), model,
+                               torch.device("cpu"))
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 4, (2, 16, 16))
+    total, parts = objective(model, x, y)
+    torch.testing.assert_close(total, 0.25 * parts["ce"] + 2.0 * parts["dice"])
+    out = model(x)
+    logits = out["logits"] if isinstance(out, dict) else out
+    torch.testing.assert_close(parts["ce"], SegmentationLoss()(logits, y)[1]["ce"])
+    assert main(["train", "--model", "vit_micro_patch2_8", "--dice-weight", "2", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vitlab train: error: --dice-weight: segmentation-only; vit_micro_patch2_8 is a classification model"]
+    assert main(["train", "--model", "unet_small_64", "--ce-weight", "0", "--dice-weight", "0",
+                 "--out", "/nonexistent/x"]) == 2
+    assert "both 0" in capsys.readouterr().err

@@ -16,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device_arg, default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (CPU included)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--protocol", choices=("knn", "linear"), default=None,
+                   help="frozen-feature protocol instead of the task's metrics: weighted k-NN (k 20, T 0.07) or a "
+                        "linear probe on the [CLS] features (train split = bank / probe data, val = queries); any "
+                        "checkpoint, DINO or supervised")
     p.set_defaults(func=run)
 
 
@@ -45,6 +49,16 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_si
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.protocol is not None:
+        from ..eval_protocols import evaluate_protocol
+
+        r = evaluate_protocol(args.checkpoint, args.data, args.protocol, device=args.device,
+                              batch_size=args.batch_size)
+        key = f"{args.protocol}_top1"
+        print(json.dumps(r, indent=2) if args.json else
+              f"{key} {r[key]:.2f}%  ({r['train_images']} train / {r['val_images']} val images, "
+              f"{r['feature_dim']}-d features)")
+        return 0
     m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device, args.precision)
     if args.json:
         print(json.dumps(m, indent=2))

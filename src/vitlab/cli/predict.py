@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int_arg(at_least=1), default=5, help="classification: classes shown per image")
     p.add_argument("--threshold", type=float_arg(at_least=0.0, at_most=1.0), default=0.5,
                    help="detection: lowest score kept (0-1)")
+    p.add_argument("--text", action="append", default=None, type=text_arg,
+                   help="CLIP: a text prompt to score each image against (repeat; default: the class prompts)")
     p.add_argument("--out", default=None, type=text_arg,
                    help="detection/segmentation: where the PNGs (and detections.json, masks) go (default runs/predict)")
     p.add_argument("--device", type=device_arg, default="cpu")
@@ -41,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         pred = Predictor.load(args.checkpoint, args.device, precision=args.precision)
     task = task_of(pred.model) if args.runtime == "torch" else get_task("classification")
-    for line in task.predict(pred, args.images, out=args.out, top_k=args.top_k, threshold=args.threshold):
+    texts = {}
+    if getattr(args, "text", None):
+        if task.name != "contrastive":
+            raise VitlabError(f"--text: only for CLIP (contrastive) checkpoints; this one is {task.name}")
+        texts = {"texts": args.text}
+    for line in task.predict(pred, args.images, out=args.out, top_k=args.top_k, threshold=args.threshold,
+                             **texts):
         print(line)
     return 0

@@ -22,7 +22,9 @@ _HELP = {
     "fsdp": "under torchrun: shard every block with FSDP2 (ViT-L/H) instead of DDP replicas",
     "grad_checkpointing": "recompute block activations in backward (less memory, ~1/3 more compute)",
     "schedule": "learning-rate schedule: cosine (warm-up + cosine decay) or noam (the 2017 Transformer's warm-up + "
-    "1/sqrt(step), peaking at --lr)", "compile": "torch.compile the model", "channels_last": "NHWC images and conv weights (conv-heavy models)",
+    "1/sqrt(step), peaking at --lr)",
+    "compile": "torch.compile the model", "channels_last": "NHWC images and conv weights (conv-heavy models)",
+    "report": "write the closing pictures (curves, confusion matrix, rollout) into the run directory",
     "tensorboard": "also write TensorBoard events (per-step and per-epoch scalars, the report's figures) into the "
     "run directory; needs pip install tensorboard",
 }

@@ -30,6 +30,13 @@ def build_data(spec: str, image_size: int, *, val_fraction: float = 0.25, seed: 
         raise VitlabError(f"image size must be a positive integer, got {image_size!r}")
     if spec == "digits":
         return build_digits(image_size)
+    if spec == "scenes" or spec.startswith("scenes:"):   # single-object scenes labelled by shape (with masks)
+        from .object_scenes import build_object_scenes, parse_scenes_spec
+
+        return build_object_scenes(image_size, seed=seed, n_train=parse_scenes_spec(spec))
+    if spec == "numbers-en-fr" or spec.startswith("parallel:"):
+        raise VitlabError(f"{spec} is text for translation: train a translation model on it (vitlab models "
+                          "'transformer_*')")
     if spec == "shapes":
         if shapes_per_class < 1:
             raise VitlabError(f"shapes_per_class must be at least 1, got {shapes_per_class}")

@@ -20,7 +20,9 @@ from ..registry import model_task
 from .base import Task
 
 _TASK_MODULES = {"classification": ".classification", "detection": ".detection",
-                 "segmentation": ".segmentation", "translation": ".translation"}
+                 "segmentation": ".segmentation", "translation": ".translation",
+                 "captioning": ".captioning", "self_supervised": ".self_supervised",
+                 "contrastive": ".contrastive"}
 
 
 def get_task(name: str) -> Task:

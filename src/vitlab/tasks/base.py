@@ -85,6 +85,10 @@ class Task:
         None: the image report of vitlab.explain (classification, detection)."""
         return None
 
+    def bind_optimizer(self, objective: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
+        """Called once the optimizer exists, for an objective that acts after each optimizer step or reads the
+        training clock (DINO: the teacher EMA, the momentum and temperature schedules). Nothing by default."""
+
     def loss_note(self, cfg: Any, model: nn.Module, data: Any) -> str | None:
         """A line for the curves figure saying why the training loss is not comparable with the validation loss
         (regularisation that is on only in training), or None."""
@@ -112,3 +116,20 @@ def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if cfg is None or not hasattr(cfg, "mean"):
         raise VitlabError(f"{type(model).__name__} does not say its input normalisation (cfg.mean / cfg.std)")
     return tuple(cfg.mean), tuple(cfg.std)
+
+
+# TrainConfig fields only some tasks read: field -> (default, the tasks that read it)
+TASK_OPTIONS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "ce_weight": (1.0, ("segmentation",)), "dice_weight": (1.0, ("segmentation",)),
+}
+
+
+def refuse_other_tasks_options(task: Task, cfg: Any) -> None:
+    """One line naming every task-specific training option set away from its default for a task that ignores it
+    (e.g. --dice-weight for a classifier), instead of training as if it had been honoured."""
+    refused = [name for name, (default, owners) in TASK_OPTIONS.items()
+               if task.name not in owners and getattr(cfg, name, default) != default]
+    if refused:
+        owners = sorted({o for name in refused for o in TASK_OPTIONS[name][1]})
+        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise VitlabError(f"{flags}: {' and '.join(owners)}-only; {cfg.model} is a {task.name} model")

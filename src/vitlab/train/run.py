@@ -28,6 +28,7 @@ from .distributed import DistInfo, barrier, full_optimizer_state, full_state_dic
     process_device, unwrap, wrap_model
 from ..runtime import resolve_device, resolve_precision
 from ..tasks import Task, task_for_model
+from ..tasks.base import refuse_other_tasks_options
 from .ema import ModelEMA
 from .optim import build_optimizer, warmup_cosine, warmup_rsqrt
 from .report import plot_curves
@@ -80,6 +81,9 @@ class TrainConfig:
     compile: bool = False               # torch.compile the model (measured in README "Performance")
     channels_last: bool = False         # NHWC images and conv weights (pays off where convolutions dominate)
     tensorboard: bool = False           # also write TensorBoard events into the run dir (pip install tensorboard)
+    report: bool = True                 # the closing pictures (curves, confusion, rollout); smoke tests skip them
+    ce_weight: float = 1.0              # segmentation loss: ce_weight * cross-entropy + dice_weight * soft Dice
+    dice_weight: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -133,7 +137,7 @@ _RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "teacher": ("text", {}), "distill": ("choice", {"choices": ("hard", "soft")}),
     "distill_tau": ("float", {"above": 0.0}), "distill_alpha": ("float", {"at_least": 0.0, "at_most": 1.0}),
     "fsdp": ("bool", {}), "grad_checkpointing": ("bool", {}), "compile": ("bool", {}), "channels_last": ("bool", {}),
-    "tensorboard": ("bool", {}),
+    "tensorboard": ("bool", {}), "ce_weight": ("float", {"at_least": 0.0}), "dice_weight": ("float", {"at_least": 0.0}),
 }
 _OPTIONAL = {"model", "stop_at", "img_size", "drop_path", "checkpoint", "hflip", "teacher", "distill_tau",
              "distill_alpha"}
@@ -282,6 +286,7 @@ def build_trainer(cfg: TrainConfig, task: Task, model: torch.nn.Module, data: An
     else:
         scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), cfg.epochs * steps_per_epoch,
                                   cfg.min_lr_ratio)
+    task.bind_optimizer(objective, optimizer, steps_per_epoch)   # objectives that act after each step (DINO)
     trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=procs.device,
                       precision=procs.precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
                       memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -306,6 +311,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     cfg = resolve_model_name(cfg.validate())
     task = task_for_model(cfg.model)
     task.check_config(cfg)
+    refuse_other_tasks_options(task, cfg)
     if cfg.tensorboard:
         from .tensorboard import require_tensorboard
 
@@ -382,7 +388,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     }
     if procs.dist.is_main:
         write_json(out / "metrics.json", metrics)
-        figures = write_report(out, task, trainer, model, cfg, data, result, history, procs.device)
+        figures = (write_report(out, task, trainer, model, cfg, data, result, history, procs.device)
+                   if cfg.report else [])
         if tb is not None:
             tb.figures(figures, trainer.step)
             tb.close()

@@ -92,15 +92,15 @@ class DetectionTask(Task):
                 threshold: float = 0.5) -> list[str]:
         """Detections scoring >= threshold: OUT/<image>.png with labelled boxes, OUT/detections.json (boxes in
         the original image's pixels, x0 y0 x1 y1)."""
-        from ...io import write_json
+        from ...io import unique_stems, write_json
         from .draw import draw_detections
 
         out = Path(out or "runs/predict")
         out.mkdir(parents=True, exist_ok=True)
         detections = detect_files(predictor, paths, threshold)
         lines, rows = [], []
-        for path, (image, det) in zip(paths, detections):
-            name = Path(path).stem
+        names = unique_stems([Path(path).stem for path in paths])
+        for path, name, (image, det) in zip(paths, names, detections):
             png = out / f"{name}.png"
             draw_detections(image, det["boxes"], det["labels"], det["scores"], predictor.classes).save(png)
             found = [{"class": predictor.classes[int(c)], "score": round(float(s), 4),

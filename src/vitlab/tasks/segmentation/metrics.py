@@ -50,13 +50,14 @@ def dice_per_image(pred: Tensor, target: Tensor, num_classes: int, ignore_index:
     return torch.stack(rows, 1).cpu() if rows else torch.zeros(len(target), 0, dtype=torch.float64)
 
 
-def hd95_per_image(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+def hd95_per_image(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """(B, C - 1) float64 95th-percentile Hausdorff distance in voxels (MONAI); NaN where the class is missing from
-    the truth or the prediction."""
+    the truth or the prediction. Voxels labelled ignore_index belong to no class in either mask."""
     from monai.metrics import compute_hausdorff_distance
 
-    p = F.one_hot(pred.long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1)
-    t = F.one_hot(target.long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1)
+    valid = (target != ignore_index).unsqueeze(1)                                  # (B, 1, *S)
+    p = F.one_hot(pred.long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1) * valid
+    t = F.one_hot(target.long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1) * valid
     with warnings.catch_warnings():          # MONAI warns for every empty class; we report NaN for those instead
         warnings.simplefilter("ignore")
         hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95).double().cpu()

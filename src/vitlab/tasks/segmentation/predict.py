@@ -52,7 +52,7 @@ def predict_files(predictor: Any, paths: list[str], out: Path, overlap: float = 
     """Write each input's predicted mask and picture under out; one line per input."""
     from ...data.seg_augment import NormalizeND
     from ...data.segmentation import _stem
-    from ...io import atomic_path
+    from ...io import atomic_path, unique_stems
     from ...runtime import autocast
     from .draw import mask_png, montage, overlay
 
@@ -61,8 +61,7 @@ def predict_files(predictor: Any, paths: list[str], out: Path, overlap: float = 
     normalize = NormalizeND(tuple(model.cfg.mean), tuple(model.cfg.std)).to(predictor.device)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for path in paths:
-        name = _stem(Path(path))
+    for path, name in zip(paths, unique_stems([_stem(Path(p)) for p in paths])):
         volume = is_volume_file(path)
         if volume != (dims == 3):
             raise VitlabError(f"{path}: a {'volume' if volume else 'image'} file, but the model segments "

@@ -36,12 +36,14 @@ class SegmentationTask(Task):
     primary_metric = "val_miou"
     epoch_metrics = EPOCH_METRICS
 
-    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, overlap: float = 0.5) -> None:
-        self.ce_weight, self.dice_weight = ce_weight, dice_weight   # the loss: ce_weight * CE + dice_weight * Dice
+    def __init__(self, overlap: float = 0.5) -> None:
         self.overlap = overlap                                      # sliding-window overlap (predict)
+        self.loss_weights = (1.0, 1.0)  # (ce, dice) of the run being trained (--ce-weight, --dice-weight); val_loss
 
     def check_config(self, cfg: Any) -> None:
         refuse_classification_options(cfg, "segmentation", "mask-aware crop, flip and intensity jitter")
+        if cfg.ce_weight == 0 and cfg.dice_weight == 0:
+            raise VitlabError("--ce-weight and --dice-weight are both 0: the loss would be zero")
 
     def build_data(self, cfg: Any, image_size: int) -> Any:
         from ...data.segmentation import build_segmentation_data
@@ -78,7 +80,8 @@ class SegmentationTask(Task):
     def objective(self, cfg: Any, model: nn.Module, device: torch.device) -> Any:
         from .loss import SegmentationLoss, SegmentationObjective
 
-        return SegmentationObjective(SegmentationLoss(self.ce_weight, self.dice_weight))
+        self.loss_weights = (cfg.ce_weight, cfg.dice_weight)
+        return SegmentationObjective(SegmentationLoss(*self.loss_weights))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, device: torch.device, precision: str = "fp32",
@@ -91,7 +94,7 @@ class SegmentationTask(Task):
 
         C = len(dataset.classes)
         normalize = NormalizeND(*mean_std(model)).to(device)
-        loss_fn = SegmentationLoss(self.ce_weight, self.dice_weight)
+        loss_fn = SegmentationLoss(*self.loss_weights)
         was_training = model.training
         model.eval()
         confusion = torch.zeros(C, C, dtype=torch.long)
