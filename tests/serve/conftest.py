@@ -51,6 +51,31 @@ def tiny_run(tmp_path_factory):
     return directory
 
 
+def make_tiny_detr(directory, seed: int = 0):
+    """A randomly initialised detr_micro_64 (10 queries, 1 encoder and 2 decoder layers, 6 classes, 64 px, 8x8
+    feature grid, 4 heads) saved with save_model. Fresh DETR weights give every query nearly the same box and flat
+    cross-attention, so the query embedding, the last cross-attention's projections and the heads are scaled up:
+    the queries then differ (distinct boxes, scores on both sides of 0.5, distinct maps), as a trained one's do."""
+    torch.manual_seed(seed)
+    model = vitlab.create_model("detr_micro_64", num_queries=10, enc_layers=1, dec_layers=2).eval()
+    with torch.no_grad():
+        model.query_embed.weight.normal_(0, 3)
+        for p in model.decoder.layers[-1].cross_attn.parameters():
+            if p.dim() > 1:
+                p.mul_(3)
+        model.head.weight.mul_(2)
+        model.box_head.layers[-1].weight.mul_(6)
+    classes = ["circle", "square", "triangle", "star", "cross", "ring"]
+    save_model(model, directory, classes=classes, image_size=64)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_detr(tmp_path_factory):
+    """A tiny DETR checkpoint directory (see make_tiny_detr)."""
+    return make_tiny_detr(tmp_path_factory.mktemp("serve_detr") / "detr_tiny")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

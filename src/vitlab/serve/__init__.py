@@ -1,4 +1,5 @@
-"""`vitlab serve`: the attention explorer in the browser (classification checkpoints with attention).
+"""`vitlab serve`: the attention explorer in the browser (classification checkpoints with attention; DETR detectors:
+boxes and each detection's cross-attention, vitlab.serve.detection).
 
     load_served_models(paths)      checkpoints named at start -> {name: ServedModel}; nothing else is reachable
     analyse(served, image, ...)    one image -> top-k, [CLS] maps, rollout, distances, patch logits, full attention

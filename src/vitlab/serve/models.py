@@ -30,6 +30,7 @@ from ..predict import Predictor
 from ..tasks.classification import classification_logits
 
 log = logging.getLogger(__name__)
+SERVED_TASKS = ("classification", "detection")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ServedModel:
     seed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _val: Any = None
+    task: str = "classification"           # one of SERVED_TASKS: which endpoints' answers and which page view
 
     @property
     def model(self) -> torch.nn.Module:
@@ -58,7 +60,14 @@ class ServedModel:
                 "layers": len(attn), "heads": attn[0].num_heads if attn else 0,
                 "attention": bool(attn) and grid is not None,
                 "pos_embed": isinstance(getattr(m, "pos_embed", None), Tensor),
-                "validation_images": self.data in ("digits", "shapes"), "data": self.data}
+                "validation_images": self.data in ("digits", "shapes"), "data": self.data, "task": self.task,
+                **(_detector_info(self) if self.task == "detection" else {})}
+
+
+def _detector_info(served: ServedModel) -> dict[str, Any]:
+    from .detection import detector_info
+
+    return {**detector_info(served), "attention": True, "pos_embed": False, "num_prefix_tokens": 0}
 
 
 def _unique_name(path: str, taken: set[str]) -> str:
@@ -73,7 +82,7 @@ def _unique_name(path: str, taken: set[str]) -> str:
 
 def load_served_models(paths: list[str]) -> dict[str, ServedModel]:
     """Load every checkpoint (run directory, vitlab/HF/timm file, or a registered name: fresh weights).
-    Only classification models are served; a detector, captioner or CLIP model is refused in one line."""
+    Classification and detection (DETR) models are served; a captioner or CLIP model is refused in one line."""
     from ..tasks import task_of
 
     if not paths:
@@ -82,24 +91,34 @@ def load_served_models(paths: list[str]) -> dict[str, ServedModel]:
     for path in paths:
         pred = Predictor.load(path)
         task = task_of(pred.model).name
-        if task != "classification":
-            raise VitlabError(f"{path}: a {task} model; vitlab serve shows classification checkpoints only (the "
-                              f"{task} views are not built yet)")
+        if task not in SERVED_TASKS:
+            raise VitlabError(f"{path}: a {task} model; vitlab serve shows classification and detection "
+                              f"checkpoints only (the {task} views are not built yet)")
         meta = getattr(pred.model, "vitlab_meta", {}) or {}
         name = _unique_name(path, set(served))
-        served[name] = ServedModel(name, pred, data=meta.get("data"),
+        served[name] = ServedModel(name, pred, data=meta.get("data"), task=task,
                                    seed=int((meta.get("train") or {}).get("seed", 0) or 0))
         log.info("serving %s as %r", path, name)
     return served
 
 
 def decode_upload(data: bytes, image_size: int, max_pixels: int | None = None, filename: str | None = None) -> Tensor:
-    """Uploaded bytes -> uint8 (1, 3, S, S) through the library's robust decoder. The header is read first and an
-    image of more than max_pixels (default PIL's Image.MAX_IMAGE_PIXELS, its decompression-bomb guard) is refused
-    without decoding it. Raises VitlabError with one line, naming the upload, on anything that is not a readable
-    image (PIL's own message names a Python object, never shown)."""
+    """Uploaded bytes -> uint8 (1, 3, S, S) through the library's robust decoder, after check_upload. Raises
+    VitlabError with one line, naming the upload, on anything that is not a readable image."""
     from ..data.decode import load_image
 
+    name = check_upload(data, max_pixels, filename)
+    try:
+        return load_image(data, image_size).unsqueeze(0)
+    except VitlabError as e:                            # a known format whose data is broken (truncated, corrupt)
+        reason = str(e).removeprefix("cannot decode <bytes>: ")
+        raise VitlabError(f"{name} is a broken image: {reason}") from None
+
+
+def check_upload(data: bytes, max_pixels: int | None = None, filename: str | None = None) -> str:
+    """Read only the header of uploaded bytes: an image of more than max_pixels (default PIL's
+    Image.MAX_IMAGE_PIXELS, its decompression-bomb guard), an empty upload or one PIL recognises no format in is
+    refused with one line naming it (PIL's own message names a Python object, never shown). -> how errors name it."""
     name = upload_name(filename)
     if not data:
         raise VitlabError(f"{name} is empty")
@@ -116,11 +135,7 @@ def decode_upload(data: bytes, image_size: int, max_pixels: int | None = None, f
     if w * h > limit:
         raise VitlabError(f"{name} refused (decompression-bomb guard): {w}x{h} is {w * h} pixels, more than the "
                           f"limit of {limit}; it was not decoded")
-    try:
-        return load_image(data, image_size).unsqueeze(0)
-    except VitlabError as e:                            # a known format whose data is broken (truncated, corrupt)
-        reason = str(e).removeprefix("cannot decode <bytes>: ")
-        raise VitlabError(f"{name} is a broken image: {reason}") from None
+    return name
 
 
 def upload_name(filename: str | None) -> str:

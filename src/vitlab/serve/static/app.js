@@ -80,6 +80,7 @@ function attentionRow(layer, head, patch) {
 }
 
 function drawOverlay() {
+  if (isDetector()) { drawDetections(); return; }
   const canvas = $("overlay"), ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   if (!state.data) return;
@@ -168,6 +169,101 @@ function drawAll() {
   drawMultiples(); drawLogits(); drawPosEmbed(); drawDistance();
 }
 
+// ---- detection: boxes from /api/attention; a box's query's cross-attention over the encoder's grid ------------
+const BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
+  "#469990", "#dcbeff", "#9a6324"];
+const boxColour = (index) => BOX_COLOURS[index % BOX_COLOURS.length];
+function isDetector() { return state.info?.task === "detection"; }
+
+// boxes are xyxy in the upload's pixels; the canvas shows the upload squashed to its square (as the model sees it)
+function boxOnCanvas(d, canvas) {
+  const [H, W] = state.det.image_size, sx = canvas.width / W, sy = canvas.height / H;
+  const [x0, y0, x1, y1] = d.box_xyxy;
+  return [x0 * sx, y0 * sy, x1 * sx, y1 * sy];
+}
+
+function drawDetections() {
+  const canvas = $("overlay"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!state.det) return;
+  const [gh, gw] = state.det.grid, chosen = state.det.detections[state.selected];
+  if (chosen) {
+    const head = Number($("head").value), map = head < 0 ? chosen.attention : chosen.attention_heads[head];
+    drawHeat(canvas, map.flat(), gh, gw, 0.7, 0);
+  }
+  ctx.font = "12px system-ui"; ctx.textBaseline = "top";
+  state.det.detections.forEach((d, i) => {
+    const [x0, y0, x1, y1] = boxOnCanvas(d, canvas), selected = i === state.selected;
+    ctx.strokeStyle = selected ? "#fff" : boxColour(d.index); ctx.lineWidth = selected ? 3 : 2;
+    ctx.setLineDash(state.det.below_threshold ? [5, 4] : []);
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    const text = `${d.class} ${d.score.toFixed(2)}`, tx = Math.max(0, Math.min(canvas.width - 80, x0)), ty = Math.max(0, y0);
+    ctx.fillStyle = boxColour(d.index); ctx.fillRect(tx, ty, ctx.measureText(text).width + 6, 16);
+    ctx.fillStyle = "#fff"; ctx.fillText(text, tx + 3, ty + 2);
+  });
+  ctx.setLineDash([]);
+  $("patch").textContent = chosen ? `query ${chosen.query}: ${chosen.class} ${chosen.score.toFixed(2)}` : "";
+}
+
+function drawDetectionList() {
+  const det = state.det;
+  $("detections").replaceChildren(...det.detections.map((d, i) => {
+    const li = document.createElement("li");
+    li.textContent = `${d.class} ${(100 * d.score).toFixed(1)}% (query ${d.query})`;
+    li.style.setProperty("--colour", boxColour(d.index));
+    li.classList.toggle("selected", i === state.selected);
+    li.addEventListener("click", () => selectDetection(i));
+    return li;
+  }));
+  $("detections-note").textContent = det.below_threshold
+    ? `no box scores above ${det.threshold.toFixed(2)}: the ${det.detections.length} best queries, dashed`
+    : `${det.detections.length} boxes above ${det.threshold.toFixed(2)}; the ${det.grid[0]}×${det.grid[1]} encoder grid, ${det.heads} heads`;
+}
+
+function selectDetection(i) {
+  state.selected = i;
+  drawDetectionList();
+  drawDetections();
+}
+
+// the smallest box under the pointer (the innermost of nested boxes), or null
+function detectionAt(event) {
+  if (!state.det) return null;
+  const canvas = $("overlay"), rect = canvas.getBoundingClientRect();
+  const x = (event.clientX - rect.left) / rect.width * canvas.width, y = (event.clientY - rect.top) / rect.height * canvas.height;
+  let best = null, bestArea = Infinity;
+  state.det.detections.forEach((d, i) => {
+    const [x0, y0, x1, y1] = boxOnCanvas(d, canvas), area = (x1 - x0) * (y1 - y0);
+    if (x >= x0 && x <= x1 && y >= y0 && y <= y1 && area < bestArea) { best = i; bestArea = area; }
+  });
+  return best;
+}
+
+// keep: the query to keep selected if it is still detected (after a threshold change)
+async function analyseDetection(blob, keep) {
+  document.body.dataset.status = "working";
+  const body = form(blob);
+  body.append("threshold", $("threshold").value);
+  try {
+    const det = await api("/api/attention", { method: "POST", body });
+    const url = URL.createObjectURL(blob);
+    try { state.img = await loadImage(url); } finally { URL.revokeObjectURL(url); }
+    state.det = det;
+    const kept = det.detections.findIndex((d) => d.query === keep);
+    state.selected = kept >= 0 ? kept : null;
+    if (Number($("head").options.length) !== det.heads + 1) {
+      setOptions($("head"), [[-1, "mean"], ...[...Array(det.heads).keys()].map((h) => [h, `${h + 1}`])], -1);
+    }
+    drawImage($("image"), 1);
+    drawDetectionList();
+    drawDetections();
+    document.body.dataset.status = "ready";
+  } catch (e) {
+    showMessage(e.message);
+    document.body.dataset.status = "error";
+  }
+}
+
 // ---- requests --------------------------------------------------------------------------------------------------
 function form(blob) {
   const f = new FormData();
@@ -202,6 +298,7 @@ async function analyse(blob, label) {
   document.body.dataset.status = "working";
   showMessage("");
   $("source").textContent = label || blob.name || "";
+  if (isDetector()) { await analyseDetection(blob, null); return; }
   try {
     const [prediction, data] = await Promise.all([
       api("/api/predict", { method: "POST", body: form(blob) }),
@@ -264,6 +361,8 @@ async function sample(source) {
 
 function modelChanged() {
   state.info = state.models.find((m) => m.name === $("model").value);
+  document.body.dataset.task = state.info.task || "classification";
+  state.data = null; state.det = null; $("patch").textContent = "";
   setOptions($("class"), state.info.classes.map((c, i) => [i, c]), 0);
   $("val").disabled = !state.info.validation_images;
   if (!state.info.attention) showMessage(`${state.info.name} has no attention over patches: prediction only`);
@@ -296,7 +395,11 @@ async function start() {
   const overlay = $("overlay");
   overlay.addEventListener("mousemove", (e) => { const p = patchAt(e); if (p !== state.hover) { state.hover = p; drawOverlay(); } });
   overlay.addEventListener("mouseleave", () => { state.hover = null; drawOverlay(); });
-  overlay.addEventListener("click", (e) => { state.pinned = patchAt(e); if (state.data) { drawOverlay(); drawPosEmbed(); } });
+  overlay.addEventListener("click", (e) => {
+    if (isDetector()) { selectDetection(detectionAt(e)); return; }
+    state.pinned = patchAt(e); if (state.data) { drawOverlay(); drawPosEmbed(); }
+  });
+  $("threshold").addEventListener("input", () => { $("threshold-value").textContent = Number($("threshold").value).toFixed(2); clearTimeout(timer); timer = setTimeout(() => state.blob && isDetector() && analyseDetection(state.blob, state.det?.detections[state.selected]?.query), 150); });
   document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
   document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));
   document.addEventListener("drop", (e) => {
