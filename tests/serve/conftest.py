@@ -107,3 +107,46 @@ def live_server(app):
 def start_server():
     """live_server as a fixture (test modules cannot import conftest under --import-mode=importlib)."""
     return live_server
+
+
+CAPTIONER_ARGS = {"encoder_dim": 32, "encoder_depth": 1, "dim": 32, "depth": 1, "ffn_dim": 64, "num_heads": 2,
+                  "encoder_heads": 2, "max_len": 12}
+
+
+def make_tiny_captioner(directory, steps: int = 16, seed: int = 0):
+    """caption_vit_micro_patch8_64 shrunk to one encoder and one decoder layer (32 wide, 2 heads, 8x8 image tokens),
+    trained with the task's objective for `steps` batches of 32 on 64 generated scenes (a second or two), saved the
+    way run_training saves a run: config.json with the tokenizer under "task_extras", data=scenes, image_size=64."""
+    from vitlab.data.captions import build_caption_data, caption_batches
+    from vitlab.tasks.captioning import CaptionAugment, CaptionObjective
+
+    torch.manual_seed(seed)
+    data = build_caption_data("scenes", 64, n_train=64, n_val=8, max_length=12)
+    tok = data.tokenizer
+    model = vitlab.create_model("caption_vit_micro_patch8_64", num_classes=len(tok.tokens()), **CAPTIONER_ARGS)
+    model.tokenizer = tok
+    augment, objective = CaptionAugment(model.cfg.mean, model.cfg.std), CaptionObjective(tok.pad_id)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    done, epoch = 0, 0
+    while done < steps:
+        epoch += 1
+        for images, targets in caption_batches(data.train, tok, 32, shuffle=True, epoch=epoch):
+            x, _ = augment(images, None)
+            loss, _ = objective(model, x, targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    model.eval()
+    save_model(model, directory, classes=data.classes, image_size=64, data="scenes",
+               task_extras={"tokenizer": tok.to_dict()})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory):
+    """A tiny trained captioning run directory (see make_tiny_captioner)."""
+    return make_tiny_captioner(tmp_path_factory.mktemp("serve_cap") / "cap_tiny")

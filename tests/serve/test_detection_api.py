@@ -166,8 +166,9 @@ def test_other_tasks_are_still_refused(tmp_path):
     from vitlab.checkpoint import save_model
 
     save_model(vitlab.create_model("unet_small_64"), tmp_path / "seg")
-    with pytest.raises(VitlabError, match=r"^.*seg: a segmentation model; vitlab serve shows classification and "
-                                          r"detection checkpoints only \(the segmentation views are not built yet\)$"):
+    with pytest.raises(VitlabError, match=r"^.*seg: a segmentation model; vitlab serve shows classification, "
+                                          r"detection and captioning checkpoints only \(the segmentation views are "
+                                          r"not built yet\)$"):
         load_served_models([str(tmp_path / "seg")])
 
 

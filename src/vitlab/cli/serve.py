@@ -14,7 +14,8 @@ INSTALL = "pip install 'vitlab[serve]' (starlette, uvicorn, python-multipart)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="attention explorer in the browser for classification and detection checkpoints")
+    p = sub.add_parser("serve", help="attention explorer in the browser for classification, detection and "
+                       "captioning checkpoints")
     p.add_argument("--checkpoint", action="extend", nargs="+", type=text_arg, default=None,
                    metavar="RUN_DIR_OR_FILE", help="checkpoints to serve (default runs/demo); only these are reachable")
     p.add_argument("--host", default="127.0.0.1", type=text_arg, help="address to listen on (default loopback)")

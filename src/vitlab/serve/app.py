@@ -4,8 +4,10 @@
     GET  /api/models                 {"models": [info, ...]}
     POST /api/predict                multipart image + model [+ top_k] -> {"model", "top_k": [...]}
                                      a detector: [+ threshold] -> vitlab.serve.detection.detect (boxes, scores)
+                                     a captioner -> {"caption", "words"} (vitlab.serve.captioning.caption)
     POST /api/attention              the same form; ?full=1&head_fusion=mean&discard_ratio=0 -> vitlab.serve.analyse
                                      a detector: [+ threshold] -> each detection's cross-attention (detection.py)
+                                     a captioner -> the words, each with its map over the image tokens (captioning.py)
     GET  /api/sample?model=&source=val|shapes|scenes&index=   PNG at the model's input size (X-Vitlab-Label: true class)
 
 Every error is {"error": "one line"} with its status (400 bad input, 404 unknown model, 413 too large, 415 not
@@ -31,6 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import VitlabError
+from .captioning import caption, caption_attention
 from .detection import detection_attention, detect, parse_threshold
 from .models import ServedModel, analyse, decode_upload, png_bytes, predict_top_k, validation_image
 
@@ -160,6 +163,9 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
             threshold = parse_threshold(fields.get("threshold"))
             found = await in_pool(detect, m, data, threshold, filename=fields["filename"])
             return JSONResponse({"model": m.name, "task": m.task, **found})
+        if m.task == "captioning":
+            said = await in_pool(caption, m, data, filename=fields["filename"])
+            return JSONResponse({"model": m.name, "task": m.task, **said})
         top_k = int_param(fields.get("top_k"), "top_k", 5, 1, 1000)
 
         def work():
@@ -173,6 +179,8 @@ def create_app(served: dict[str, ServedModel], *, max_upload_bytes: int = MAX_UP
         if m.task == "detection":
             threshold = parse_threshold(q.get("threshold"))
             return JSONResponse(await in_pool(detection_attention, m, data, threshold, filename=fields["filename"]))
+        if m.task == "captioning":
+            return JSONResponse(await in_pool(caption_attention, m, data, filename=fields["filename"]))
         full = q.get("full", "0")
         if full not in ("0", "1", "true", "false"):
             raise HTTPException(400, f"full must be 0 or 1, got {full[:40]!r}")

@@ -30,7 +30,7 @@ from ..predict import Predictor
 from ..tasks.classification import classification_logits
 
 log = logging.getLogger(__name__)
-SERVED_TASKS = ("classification", "detection")
+SERVED_TASKS = ("classification", "detection", "captioning")
 
 
 @dataclass
@@ -61,13 +61,20 @@ class ServedModel:
                 "attention": bool(attn) and grid is not None,
                 "pos_embed": isinstance(getattr(m, "pos_embed", None), Tensor),
                 "validation_images": self.data in ("digits", "shapes"), "data": self.data, "task": self.task,
-                **(_detector_info(self) if self.task == "detection" else {})}
+                **(_detector_info(self) if self.task == "detection" else {}),
+                **(_captioner_info(self) if self.task == "captioning" else {})}
 
 
 def _detector_info(served: ServedModel) -> dict[str, Any]:
     from .detection import detector_info
 
     return {**detector_info(served), "attention": True, "pos_embed": False, "num_prefix_tokens": 0}
+
+
+def _captioner_info(served: ServedModel) -> dict[str, Any]:
+    from .captioning import captioner_info
+
+    return captioner_info(served)
 
 
 def _unique_name(path: str, taken: set[str]) -> str:
@@ -82,7 +89,8 @@ def _unique_name(path: str, taken: set[str]) -> str:
 
 def load_served_models(paths: list[str]) -> dict[str, ServedModel]:
     """Load every checkpoint (run directory, vitlab/HF/timm file, or a registered name: fresh weights).
-    Classification and detection (DETR) models are served; a captioner or CLIP model is refused in one line."""
+    Classification, detection (DETR) and captioning models are served; a CLIP or segmentation model is refused in
+    one line."""
     from ..tasks import task_of
 
     if not paths:
@@ -92,8 +100,12 @@ def load_served_models(paths: list[str]) -> dict[str, ServedModel]:
         pred = Predictor.load(path)
         task = task_of(pred.model).name
         if task not in SERVED_TASKS:
-            raise VitlabError(f"{path}: a {task} model; vitlab serve shows classification and detection "
-                              f"checkpoints only (the {task} views are not built yet)")
+            raise VitlabError(f"{path}: a {task} model; vitlab serve shows classification, detection and "
+                              f"captioning checkpoints only (the {task} views are not built yet)")
+        if task == "captioning":                        # its tokenizer, restored from the checkpoint: or one line
+            from ..tasks.captioning import caption_tokenizer
+
+            caption_tokenizer(pred.model)
         meta = getattr(pred.model, "vitlab_meta", {}) or {}
         name = _unique_name(path, set(served))
         served[name] = ServedModel(name, pred, data=meta.get("data"), task=task,

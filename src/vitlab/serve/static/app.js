@@ -81,6 +81,7 @@ function attentionRow(layer, head, patch) {
 
 function drawOverlay() {
   if (isDetector()) { drawDetections(); return; }
+  if (isCaptioner()) { drawCaptionOverlay(); return; }
   const canvas = $("overlay"), ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   if (!state.data) return;
@@ -264,6 +265,52 @@ async function analyseDetection(blob, keep) {
   }
 }
 
+// ---- captioning: the caption from /api/attention; a word's attention over the image-token grid ---------------
+function isCaptioner() { return state.info?.task === "captioning"; }
+
+function drawCaptionOverlay() {
+  const canvas = $("overlay"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!state.cap) return;
+  const [gh, gw] = state.cap.grid, chosen = state.cap.words[state.word];
+  if (chosen) drawHeat(canvas, chosen.attention.flat(), gh, gw, 0.55, 0);   // lighter: the scene shows through
+  $("patch").textContent = chosen ? `word ${state.word + 1}: "${chosen.word}"` : "";
+}
+
+function drawCaptionWords() {
+  const cap = state.cap;
+  $("caption").replaceChildren(...cap.words.map((w, i) => {
+    const b = Object.assign(document.createElement("button"), { type: "button", textContent: w.word });
+    b.classList.toggle("selected", i === state.word);
+    b.addEventListener("click", () => selectWord(i));
+    return b;
+  }));
+  $("caption-note").textContent = cap.words.length
+    ? `${cap.words.length} words; each map is the ${cap.decoder === "lstm" ? "soft attention" : "last decoder layer's cross-attention (mean over heads)"} over the ${cap.grid[0]}×${cap.grid[1]} image tokens, summing to 1`
+    : "the model generated an empty caption";
+}
+
+function selectWord(i) {
+  state.word = i;
+  drawCaptionWords();
+  drawCaptionOverlay();
+}
+
+async function analyseCaption(blob) {
+  try {
+    const cap = await api("/api/attention", { method: "POST", body: form(blob) });
+    state.img = await loadImage(cap.image);
+    state.cap = cap; state.word = null;
+    drawImage($("image"), 1);
+    drawCaptionWords();
+    drawCaptionOverlay();
+    document.body.dataset.status = "ready";
+  } catch (e) {
+    showMessage(e.message);
+    document.body.dataset.status = "error";
+  }
+}
+
 // ---- requests --------------------------------------------------------------------------------------------------
 function form(blob) {
   const f = new FormData();
@@ -299,6 +346,7 @@ async function analyse(blob, label) {
   showMessage("");
   $("source").textContent = label || blob.name || "";
   if (isDetector()) { await analyseDetection(blob, null); return; }
+  if (isCaptioner()) { await analyseCaption(blob); return; }
   try {
     const [prediction, data] = await Promise.all([
       api("/api/predict", { method: "POST", body: form(blob) }),
@@ -362,7 +410,7 @@ async function sample(source) {
 function modelChanged() {
   state.info = state.models.find((m) => m.name === $("model").value);
   document.body.dataset.task = state.info.task || "classification";
-  state.data = null; state.det = null; $("patch").textContent = "";
+  state.data = null; state.det = null; state.cap = null; $("patch").textContent = "";
   setOptions($("class"), state.info.classes.map((c, i) => [i, c]), 0);
   $("val").disabled = !state.info.validation_images;
   if (!state.info.attention) showMessage(`${state.info.name} has no attention over patches: prediction only`);
