@@ -1,58 +1,39 @@
-import argparse
+"""attention-distance: the quick run's numbers against hand computations; the verdict helpers on known values."""
 import json
 import math
 
 import pytest
 import torch
 
-from vitlab.studies import available_studies
-from vitlab.studies.attention_distance import GLOBAL_FRACTION, judge, run
+from vitlab.studies.attention_distance import first_layer_spread, growth, spearman
+from vitlab.studies.verdict import SMOKE_TEST
 
 
-
-def test_tiny_study_trains_and_measures(tmp_path):
-    assert "attention-distance" in available_studies()
-    args = argparse.Namespace(out=str(tmp_path), tiny=True, data="digits", img_size=16, vit="vit_micro_patch2_16",
-                              epochs=30, checkpoint=None, reuse=False, eval_images=256, seed=0)
-    res = run(args)
-    assert (tmp_path / "vit" / "model.safetensors").is_file()               # trained by vitlab.train
-    assert (tmp_path / "attention_distance.png").is_file()
-    saved = json.loads((tmp_path / "attention_distance.json").read_text())
-    assert saved["grid"] == [4, 4] and len(saved["trained_px"]) == 6 and len(saved["trained_px"][0]) == 4
-    # every distance lies between 0 and the grid's diagonal (3 patches of 2px each way)
-    assert all(0 <= d <= 2 * 3 * 2 ** 0.5 for row in res["trained_px"] for d in row)
-    # uniform attention by hand: the mean distance between the centres of two of the 4x4 patches (2 px apart)
-    centres = [(2 * r, 2 * c) for r in range(4) for c in range(4)]
+def test_quick_run_measures_every_head_and_the_uniform_bound(quick_all):
+    out, _ = quick_all
+    saved = json.loads((out / "attention-distance" / "attention_distance.json").read_text())
+    assert saved["quick"] is True and saved["img_size"] == 16 and len(saved["per_seed"]) == 1
+    run = saved["per_seed"][0]
+    assert run["grid"] == [4, 4] and run["patch"] == [4, 4]
+    trained, initial = torch.tensor(run["trained_px"]), torch.tensor(run["initial_px"])
+    assert trained.shape == initial.shape == (6, 4)                       # vit_micro: 6 blocks x 4 heads
+    centres = [(4 * r, 4 * c) for r in range(4) for c in range(4)]           # uniform attention, by hand
     uniform = sum(math.dist(a, b) for a in centres for b in centres) / len(centres) ** 2
-    assert res["uniform_attention_px"] == pytest.approx(uniform, abs=1e-3)
-    # the verdicts are what the reported distances imply
-    claims, trained = res["claims"], res["trained_px"]
-    per_layer = [sum(row) / len(row) for row in trained]
-    assert claims["mean_per_layer_px"] == pytest.approx(per_layer, abs=2e-3)
-    rho = _spearman_by_hand(per_layer)
-    assert claims["spearman_depth_vs_distance"] == pytest.approx(rho, abs=1e-3)
-    assert claims["distance_grows_with_depth"] is (rho > 0 and per_layer[-1] > per_layer[0])
-    assert claims["first_layer_has_global_head"] is (max(trained[0]) >= GLOBAL_FRACTION * uniform)
-    assert claims["first_layer_max_px"] == pytest.approx(max(trained[0]), abs=1e-3)
-    assert ("grows with depth: yes" in claims["summary"]) is claims["distance_grows_with_depth"]
-    # reuse: the model trained above is loaded, not retrained
-    again = run(argparse.Namespace(**{**vars(args), "reuse": True}))
-    assert again["trained_px"] == res["trained_px"]
+    assert saved["uniform_attention_px"] == pytest.approx(uniform, abs=1e-6)
+    assert float(trained.max()) <= 4 * 3 * 2 ** 0.5 + 1e-3 and float(trained.min()) >= 0
+    growth_claim, spread_claim = saved["claims"]
+    assert growth_claim["verdict"] == spread_claim["verdict"] == SMOKE_TEST
+    assert growth_claim["difference"] == pytest.approx(growth(trained) - growth(initial), abs=1e-2)
+    assert spread_claim["difference"] == pytest.approx(first_layer_spread(trained) - first_layer_spread(initial),
+                                                       abs=1e-2)
+    assert [row["layer"] for row in saved["table"]] == [1, 2, 3, 4, 5, 6]
 
 
-def _spearman_by_hand(values):
-    """Spearman's rho of (layer index, value) for distinct values: 1 - 6 sum d^2 / (n (n^2 - 1))."""
-    n = len(values)
-    rank = {v: r for r, v in enumerate(sorted(values))}
-    return 1 - 6 * sum((i - rank[v]) ** 2 for i, v in enumerate(values)) / (n * (n * n - 1))
-
-
-def test_judge_signs():
-    uniform = 10.0
-    growing = torch.tensor([[1.0, 9.0], [4.0, 6.0], [8.0, 9.0]])             # layer 1: one local, one global head
-    claims = judge(growing, torch.full((3, 2), 10.0), uniform)
-    assert claims["distance_grows_with_depth"] and claims["first_layer_has_global_head"]
-    assert claims["spearman_depth_vs_distance"] == pytest.approx(1.0)
-    shrinking = growing.flip(0) * 0.5
-    claims = judge(shrinking, torch.full((3, 2), 10.0), uniform)
-    assert not claims["distance_grows_with_depth"] and not claims["first_layer_has_global_head"]
+def test_growth_spread_and_rank_correlation_by_hand():
+    d = torch.tensor([[1.0, 9.0], [4.0, 6.0], [8.0, 10.0]])                 # layer 1: one local, one global head
+    assert growth(d) == pytest.approx(9.0 - 5.0)
+    assert first_layer_spread(d) == pytest.approx(8.0)
+    assert spearman([5.0, 5.5, 9.0]) == pytest.approx(1.0)
+    assert spearman([9.0, 5.5, 5.0]) == pytest.approx(-1.0)
+    # 1 - 6 sum d^2 / (n (n^2 - 1)) with ranks (0, 2, 1) against (0, 1, 2): 1 - 6 * 2 / 24 = 0.5
+    assert spearman([1.0, 3.0, 2.0]) == pytest.approx(0.5)

@@ -1,28 +1,24 @@
-import argparse
 import json
 
 import pytest
 
-from vitlab.studies import available_studies
-from vitlab.studies.complexity import fit_slopes, judge, memory_mb, run, with_explicit_attention
+from vitlab.studies.complexity import RESNET_LABEL, VIT_LABEL, claims, fit_slopes, memory_mb, with_explicit_attention
+from vitlab.studies.verdict import INCONCLUSIVE, REPRODUCED, SMOKE_TEST
 
 
-
-def test_tiny_study(tmp_path):
-    assert "complexity" in available_studies()
-    res = run(argparse.Namespace(out=str(tmp_path), tiny=True, sizes=None, batch_size=1, repeats=1))
-    assert (tmp_path / "complexity.png").is_file()
-    saved = json.loads((tmp_path / "complexity.json").read_text())
-    assert set(saved["models"]) == set(res["models"]) and "ViT (global attention)" in res["models"]
-    vit = res["models"]["ViT (global attention)"]["points"]
+def test_quick_run(quick_all):
+    out, _ = quick_all
+    saved = json.loads((out / "complexity" / "complexity.json").read_text())
+    assert (out / "complexity" / "complexity.png").is_file() and saved["sizes"] == [16, 32]
+    vit = saved["models"][VIT_LABEL]["points"]
     assert [p["tokens"] for p in vit] == [16, 64]
     assert vit[1]["gmacs"] > 4 * vit[0]["gmacs"]                       # 4x tokens: more than 4x the work
-    # attention's n^2 term: the ViT's MAC slope exceeds every convolutional model's (which are exactly linear)
-    for label, slopes in res["slopes"].items():
+    for label, slopes in saved["slopes"].items():                     # convolutions are exactly linear in pixels
         if label.startswith(("ResNet", "ConvMixer")):
             assert slopes["gmacs"] == pytest.approx(1.0, abs=0.01)
-            assert res["slopes"]["ViT (global attention)"]["gmacs"] > slopes["gmacs"]
+            assert saved["slopes"][VIT_LABEL]["gmacs"] > slopes["gmacs"]
     assert all(p["memory_mb_explicit"] >= p["memory_mb"] for p in vit)
+    assert [c["verdict"] for c in saved["claims"]] == [SMOKE_TEST] * 3
 
 
 def test_slopes_of_known_powers():
@@ -30,9 +26,18 @@ def test_slopes_of_known_powers():
     s = fit_slopes(points)
     assert s["gmacs"] == pytest.approx(2.0) and s["seconds"] == pytest.approx(1.0)
     assert s["memory_mb"] == pytest.approx(0.0) and s["memory_mb_explicit"] is None
-    verdict = judge({"ViT (global attention)": {"gmacs_upper": 1.8, "seconds_upper": 1.6},
-                     "ResNet": {"gmacs_upper": 1.0, "seconds_upper": 1.7}})
-    assert verdict["gmacs_upper"] and not verdict["seconds_upper"] and verdict["reproduced"] is False
+
+
+def test_claims_pair_the_slopes_over_rounds():
+    def r(g, t, m):
+        return {"gmacs_upper": g, "seconds_upper": t, "memory_mb_upper": m, "memory_mb_explicit_upper": m}
+    per_round = {VIT_LABEL: [r(1.8, 1.5, 1.9), r(1.8, 1.1, 1.9), r(1.8, 1.6, 1.9)],
+                 RESNET_LABEL: [r(1.0, 1.0, 1.0), r(1.0, 1.2, 1.0), r(1.0, 1.1, 1.0)]}
+    macs, seconds, memory = claims(per_round, quick=False)
+    assert macs["verdict"] == REPRODUCED and macs["difference"] == pytest.approx(0.8)
+    # time differences 0.5, -0.1, 0.5: mean 0.3, sd 0.346, se 0.2 -> 0.3 < 0.4: inconclusive
+    assert seconds["difference"] == pytest.approx(0.3) and seconds["standard_error"] == pytest.approx(0.2)
+    assert seconds["verdict"] == INCONCLUSIVE and memory["verdict"] == REPRODUCED
 
 
 def test_explicit_attention_stores_the_n_by_n_weights():

@@ -4,11 +4,8 @@ import json
 import pytest
 import torch
 
-from vitlab import create_model
-from vitlab.checkpoint import save_model
-from vitlab.io import write_json
-from vitlab.studies import available_studies
-from vitlab.studies.robustness import drop_patches, fgsm, judge, pgd, run, shuffle_patches
+from vitlab.studies.robustness import attack_matched, drop_patches, fgsm, kept, pgd, shuffle_patches, summarize
+from vitlab.studies.verdict import NOT_REPRODUCED, REPRODUCED, SMOKE_TEST
 
 
 
@@ -47,56 +44,51 @@ def test_attacks_stay_in_the_ball_and_hurt():
     assert (model(strong).argmax(-1) == y).float().mean() < 0.5
 
 
-def test_tiny_study_on_saved_models(tmp_path):
-    assert "robustness" in available_studies()
-    for sub, name in (("vit", "vit_micro_patch2_8"), ("resnet", "resnet_micro_32")):
-        model = create_model(name, num_classes=10, img_size=8)
-        save_model(model, tmp_path / sub, classes=[str(i) for i in range(10)])
-        write_json(tmp_path / sub / "metrics.json", {"model": name, "epochs": 0, "val_top1": 10.0})
-    args = argparse.Namespace(out=str(tmp_path), tiny=True, reuse=True, data="digits", img_size=16, vit="unused",
-                              resnet="resnet_micro_32", epochs=30, eval_images=450, attack_images=256, pgd_steps=5,
-                              repeats=3, seed=0)
-    res = run(args)
-    assert (tmp_path / "robustness.png").is_file()
-    saved = json.loads((tmp_path / "robustness.json").read_text())
-    assert saved["eval_images"] == 32 and set(saved["models"]) == {"ViT", "ResNet"}
-    for r in res["models"].values():
-        assert len(r["patch_drop"]) == 10 and list(r["patch_shuffle"]) == [1, 2, 4, 8]
-        assert r["patch_drop"][0.0] == r["clean"] and r["fgsm"][0.0] == r["pgd"][0.0]   # eps 0: clean subset
-    # every verdict is what the reported accuracies imply: mean corrupted accuracy / clean accuracy, compared
-    for key in ("patch_drop", "patch_shuffle", "noise", "fgsm", "pgd"):
-        kept = {label: _kept_by_hand(r[key], r["clean"]) for label, r in res["models"].items()}
-        claim = res["claims"][key]
-        assert claim["vit_relative"] == pytest.approx(kept["ViT"], abs=1e-4)
-        assert claim["resnet_relative"] == pytest.approx(kept["ResNet"], abs=1e-4)
-        expected = None if None in kept.values() else kept["ViT"] > kept["ResNet"]
-        assert claim["vit_more_robust"] is expected
-    assert res["claims"]["reproduced"] is res["claims"]["patch_drop"]["vit_more_robust"]
-    assert saved["claims"] == json.loads(json.dumps(res["claims"]))
+def test_quick_study_reports_every_corruption_for_three_models(quick_all):
+    out, _ = quick_all
+    saved = json.loads((out / "robustness" / "robustness.json").read_text())
+    assert (out / "robustness" / "robustness.png").is_file()
+    run = saved["per_seed"][0]
+    assert set(run["models"]) == {"ViT", "ResNet", "hybrid"} and saved["eval_images"] == 24
+    for r in run["models"].values():
+        assert len(r["patch_drop"]) == 10 and list(r["patch_shuffle"]) == ["1", "2", "4", "8"]
+        assert r["patch_drop"]["0.0"] == r["clean"]
+    assert [c["verdict"] for c in saved["claims"]] == [SMOKE_TEST, SMOKE_TEST]
 
 
-def _kept_by_hand(curve, clean):
-    corrupted = list(curve.values())[1:]                                   # the first level is the clean one
-    return None if clean == 0 else sum(corrupted) / len(corrupted) / clean
+def test_attacks_run_on_the_images_every_model_gets_right():
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 4, 4)
+    a, b = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)) for _ in range(2))
+    y = a(x).argmax(-1)                                                     # model a is always right
+    both = int((b(x).argmax(-1) == y).sum())
+    assert 0 < both < 32
+    out = attack_matched({"ViT": a, "ResNet": b}, x, y, argparse.Namespace(pgd_steps=2), seed=0)
+    assert out["matched_images"] == both
+    assert out["ViT"]["fgsm"][0.0] == out["ResNet"]["pgd"][0.0] == 100.0    # eps 0: every matched image right
+    assert out["ViT"]["pgd"][8.0] < 100.0
 
 
-def _models(vit_drop, resnet_drop, vit_clean=80.0, resnet_clean=90.0):
-    other = {0.0: 50.0, 1.0: 25.0}
-    return {label: {"clean": clean, "patch_drop": drop, "patch_shuffle": other, "noise": other, "fgsm": other,
-                    "pgd": other} for label, clean, drop in (("ViT", vit_clean, vit_drop),
-                                                             ("ResNet", resnet_clean, resnet_drop))}
-
-
-def test_judge_on_numbers_worked_by_hand():
-    # ViT keeps (60 + 40) / 2 / 80 = 0.625 of its clean accuracy, ResNet (45 + 9) / 2 / 90 = 0.3
-    claims = judge(_models({0.0: 80.0, 0.5: 60.0, 0.9: 40.0}, {0.0: 90.0, 0.5: 45.0, 0.9: 9.0}))
-    assert claims["patch_drop"] == {"vit_relative": 0.625, "resnet_relative": 0.3, "vit_more_robust": True}
-    assert claims["reproduced"] is True and claims["summary"].endswith("claim reproduced")
-    assert claims["noise"] == {"vit_relative": 0.3125, "resnet_relative": 0.2778, "vit_more_robust": True}  # 25/80
-    # the other way round: ViT 20 / 80 = 0.25 against ResNet 0.3
-    claims = judge(_models({0.0: 80.0, 0.5: 20.0}, {0.0: 90.0, 0.5: 45.0, 0.9: 9.0}))
-    assert claims["patch_drop"]["vit_relative"] == 0.25 and claims["patch_drop"]["vit_more_robust"] is False
-    assert claims["reproduced"] is False and claims["summary"].endswith("claim not reproduced")
-    # a model at 0% clean accuracy keeps nothing measurable: no verdict
-    claims = judge(_models({0.0: 0.0, 0.5: 0.0}, {0.0: 90.0, 0.5: 45.0}, vit_clean=0.0))
-    assert claims["patch_drop"] == {"vit_relative": None, "resnet_relative": 0.5, "vit_more_robust": None}
+def test_kept_and_claims_on_numbers_worked_by_hand():
+    def seed(vit_drop, cnn_drop, vit_pgd, cnn_pgd):
+        other = {0.0: 50.0, 1.0: 25.0}
+        return {"models": {
+            "ViT": {"clean": 80.0, "patch_drop": vit_drop, "patch_shuffle": other, "noise": other,
+                    "fgsm": other, "pgd": vit_pgd, "name": "v"},
+            "ResNet": {"clean": 90.0, "patch_drop": cnn_drop, "patch_shuffle": other, "noise": other,
+                       "fgsm": other, "pgd": cnn_pgd, "name": "r"}}, "matched_images": 10}
+    per_seed = [seed({0.0: 80.0, 0.5: 60.0, 0.9: 40.0}, {0.0: 90.0, 0.5: 45.0, 0.9: 9.0},
+                     {0.0: 100.0, 2.0: 30.0}, {0.0: 100.0, 2.0: 50.0}),
+                seed({0.0: 80.0, 0.5: 56.0, 0.9: 40.0}, {0.0: 90.0, 0.5: 45.0, 0.9: 18.0},
+                     {0.0: 100.0, 2.0: 20.0}, {0.0: 100.0, 2.0: 60.0})]
+    # ViT keeps (60 + 40) / 2 / 80 = 0.625 and (56 + 40) / 2 / 80 = 0.6; ResNet 0.3 and 0.35
+    assert kept(per_seed, "ViT", "patch_drop") == pytest.approx([0.625, 0.6])
+    assert kept(per_seed, "ResNet", "patch_drop") == pytest.approx([0.3, 0.35])
+    assert kept(per_seed, "ViT", "pgd") == pytest.approx([0.3, 0.2])            # attacks: out of 100% matched
+    args = argparse.Namespace(quick=False, data="shapes", img_size=32, epochs=1, out="runs/study-robustness")
+    drop, adversarial = summarize(per_seed, args, [0, 1], 10)["claims"]
+    # drop differences 0.325, 0.25: mean 0.2875, se 0.0375 -> reproduced
+    assert drop["difference"] == pytest.approx(0.2875) and drop["standard_error"] == pytest.approx(0.0375)
+    assert drop["verdict"] == REPRODUCED
+    # PGD differences -0.2, -0.4: mean -0.3, se 0.1 -> the opposite sign beyond 2 se: not reproduced
+    assert adversarial["difference"] == pytest.approx(-0.3) and adversarial["verdict"] == NOT_REPRODUCED

@@ -1,19 +1,27 @@
-"""Study: how gracefully do a ViT and a ResNet trained on the same data degrade under occlusion, shuffling, noise
-and adversarial attack? (Naseer et al., "Intriguing Properties of Vision Transformers", NeurIPS 2021: ViTs keep
-much of their accuracy when random patches are dropped, where CNNs collapse.)
+"""Study: how gracefully do a ViT, a ResNet and a hybrid trained on the same data degrade under occlusion,
+shuffling, noise and adversarial attack? (Naseer et al., "Intriguing Properties of Vision Transformers", NeurIPS
+2021: ViTs keep much of their accuracy when random patches are dropped, where CNNs collapse; the lecture also
+lists "relative robustness to adversarial examples" among the ViT's properties - Shao et al. 2021, Bhojanapalli
+et al. 2021 found ViTs more robust than ResNets to FGSM/PGD at matched clean accuracy, Mahmood et al. 2021 not.)
 
-Both models are trained with `vitlab.train.run_training` on the same data at the same size (or loaded with
---reuse from an earlier run of this study). Then, on validation images:
-  patch drop      a random fraction (0-90%) of the ViT's patch grid blacked out (the same masks for both models)
+The papers used ImageNet-trained DeiT/ViT-B against ResNet-50. We train the three from scratch, with --seeds
+seeds each, on generated `shapes` at 32 px: with patch 4 the ViT sees 64 tokens, enough for dropped patches to be a
+minority of the object and for attention to be non-trivial, and the models get well past chance (1/6) in minutes.
+On validation images:
+  patch drop      a random fraction (0-90%) of the ViT's 4 px patch grid blacked out (the same masks for all)
   patch shuffle   the image cut into g x g blocks, randomly permuted
   Gaussian noise  sigma in pixel units ([0, 1] images), clipped
   FGSM / PGD      L-inf attacks of radius eps (pixel units) on the cross-entropy (Goodfellow et al. 2015;
                   Madry et al. 2018: random start, steps of 2.5 eps / steps, projection)
-The claim's sign: the ViT's mean relative accuracy (accuracy / clean accuracy) over the drop fractions is the
-higher one.
+Matched clean accuracy: the attacks run on the validation images that *every* model of the seed classifies
+correctly, so each starts from 100% and the curves compare robustness, not clean accuracy.
+The verdicts (vitlab.studies.verdict, paired over seeds): "ViT keeps more of its clean accuracy than the ResNet
+under patch drop" (mean relative accuracy over the drop fractions) and "ViT keeps more accuracy than the ResNet
+under PGD" (mean over the eps > 0).
 
-    vitlab study robustness                 # digits at 16px, both models trained, a few minutes
-    vitlab study robustness --tiny          # 8px, one epoch each, a handful of images (the test)
+    vitlab study robustness                 # shapes 32 px, 1800 images, 3 models x 3 seeds x 20 epochs: ~25 min
+    vitlab study robustness --reuse         # re-evaluate the models an earlier run trained in --out
+    vitlab study robustness --quick         # 16 px, a few images, one epoch: a smoke test (no verdict)
 """
 from __future__ import annotations
 
@@ -34,77 +42,90 @@ from ..data.augment import Normalize
 from ..errors import VitlabError
 from ..explain.distance import pixel_patch_size
 from ..io import write_json
+from . import _common as common
+from .verdict import compare
 
 log = logging.getLogger(__name__)
 
 NAME = "robustness"
-HELP = "ViT vs ResNet under patch drop, patch shuffle, noise and FGSM/PGD (Naseer et al. 2021)"
+HELP = "ViT vs ResNet vs hybrid under patch drop, shuffle, noise and FGSM/PGD at matched clean accuracy"
+CLAIM = ("ViTs are robust to occlusion (random patch drop) where CNNs collapse, and show relative robustness to "
+         "adversarial examples")
+PAPER = ("Naseer et al., Intriguing Properties of Vision Transformers, NeurIPS 2021; Shao et al., On the "
+         "Adversarial Robustness of Vision Transformers, 2021")
 
 DROP_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SHUFFLE_GRIDS = (1, 2, 4, 8)
 NOISE_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+PANELS = ("patch_drop", "patch_shuffle", "noise", "fgsm", "pgd")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", type=text_arg,
-                   help="data spec both models are trained on (default digits)")
-    p.add_argument("--img-size", type=int_arg(at_least=1), default=16)
-    p.add_argument("--vit", type=text_arg, default="vit_micro_patch2_16", help="ViT model name")
-    p.add_argument("--resnet", type=text_arg, default="resnet_micro_32", help="ResNet model name (built at --img-size)")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=30, help="training epochs of each model")
-    p.add_argument("--eval-images", type=int_arg(at_least=1), default=450,
-                   help="validation images evaluated (all of digits')")
-    p.add_argument("--attack-images", type=int_arg(at_least=1), default=256,
-                   help="validation images attacked (FGSM/PGD)")
+    p.add_argument("--data", default="shapes", type=text_arg,
+                   help="data spec the models are trained on (default: generated shapes at --img-size)")
+    p.add_argument("--img-size", type=int_arg(at_least=8), default=32)
+    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=300,
+                   help="shapes training images per class (6 classes)")
+    p.add_argument("--vit", type=text_arg, default="vit_micro_patch4_32", help="ViT model name")
+    p.add_argument("--resnet", type=text_arg, default="resnet_micro_32", help="ResNet model name")
+    p.add_argument("--hybrid", type=text_arg, default="vit_micro_r8_s4_32", help="hybrid (ResNet stem + ViT) name")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=20, help="training epochs of each model")
+    p.add_argument("--eval-images", type=int_arg(at_least=1), default=600, help="validation images evaluated")
+    p.add_argument("--attack-images", type=int_arg(at_least=1), default=200,
+                   help="validation images attacked (those every model gets right)")
     p.add_argument("--pgd-steps", type=int_arg(at_least=1), default=5)
-    p.add_argument("--repeats", type=int_arg(at_least=1), default=3,
+    p.add_argument("--repeats", type=int_arg(at_least=1), default=2,
                    help="random masks / permutations / noise draws averaged")
     p.add_argument("--reuse", action="store_true", help="load the models trained by an earlier run in --out")
-    p.add_argument("--seed", type=int_arg(at_least=0), default=0)
-    p.add_argument("--tiny", action="store_true", help="8px, one epoch, 32 images: seconds (the test)")
+    common.add_seed_arguments(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.tiny:
-        args = argparse.Namespace(**{**vars(args), "img_size": 8, "vit": "vit_micro_patch2_8", "epochs": 1,
-                                     "eval_images": 32, "attack_images": 16, "pgd_steps": 2, "repeats": 1})
+    if args.quick:
+        args = common.quick_args(args, NAME, add_arguments, img_size=common.QUICK_SIZE, epochs=1, eval_images=24,
+                                     attack_images=8, pgd_steps=2, repeats=1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = {"ViT": train_or_load(args.vit, args, out / "vit"),
-              "ResNet": train_or_load(args.resnet, args, out / "resnet")}
-    patch = pixel_patch_size(models["ViT"][0])
-    data = build_data(args.data, args.img_size)
+    seeds = common.seed_list(args)
+    data_spec = common.study_data(args, out, args.img_size, args.train_per_class)
+    names = {"ViT": args.vit, "ResNet": args.resnet, "hybrid": args.hybrid}
+    data = build_data(data_spec, args.img_size)
     n = min(args.eval_images, len(data.val))
     images = torch.stack([data.val[i][0] for i in range(n)]).float() / 255.0          # (n, 3, S, S) in [0, 1]
     labels = data.val.labels[:n]
-    results: dict[str, Any] = {"data": args.data, "img_size": args.img_size, "eval_images": n,
-                               "patch_size": list(patch), "models": {}}
-    for label, (model, metrics) in models.items():
-        pixel_model = pixel_space(model)
-        results["models"][label] = {"name": metrics["model"], "train_epochs": metrics["epochs"],
-                                    "val_top1_train_report": metrics["val_top1"],
-                                    **evaluate_all(pixel_model, images, labels, patch, args)}
-    results["claims"] = judge(results["models"])
+    per_seed: list[dict[str, Any]] = []
+    for seed in seeds:
+        models = {label: train_or_load(name, args, out / f"{label.lower()}-seed{seed}", data_spec, seed)
+                  for label, name in names.items()}
+        patch = pixel_patch_size(models["ViT"][0])
+        pixel = {label: pixel_space(model) for label, (model, _) in models.items()}
+        evals = {label: {"name": names[label], "train_val_top1": models[label][1]["val_top1"],
+                         **evaluate_all(m, images, labels, patch, args, seed)} for label, m in pixel.items()}
+        attacked = attack_matched(pixel, images[:args.attack_images], labels[:args.attack_images], args, seed)
+        for label in evals:
+            evals[label].update(attacked[label])
+        per_seed.append({"seed": seed, "patch_size": list(patch), "matched_images": attacked["matched_images"],
+                         "models": evals})
+    results = summarize(per_seed, args, seeds, n)
     write_json(out / "robustness.json", results)
     plot(results, out / "robustness.png")
-    log.info("robustness: %s", results["claims"]["summary"])
+    for c in results["claims"]:
+        log.info("robustness: %s: %s (difference %+.3f)", c["statement"], c["verdict"], c["difference"])
     return results
 
 
 # --- models ----------------------------------------------------------------------------------------------------
-def train_or_load(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A model trained on args.data at args.img_size by run_training (or, with args.reuse, loaded from run_dir)."""
-    from ..train import TrainConfig, run_training
-
+def train_or_load(name: str, args: argparse.Namespace, run_dir: Path, data: str,
+                  seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A model trained on `data` at args.img_size by run_training (or, with args.reuse, loaded from run_dir)."""
     metrics_path = run_dir / "metrics.json"
     if getattr(args, "reuse", False) and metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         log.info("%s: reusing %s (%s epochs, val top-1 %.1f%%)", NAME, run_dir, metrics["epochs"], metrics["val_top1"])
     else:
-        cfg = TrainConfig(model=name, data=args.data, out=str(run_dir), epochs=args.epochs, img_size=args.img_size,
-                          warmup_epochs=min(2.0, args.epochs / 5), seed=args.seed)
-        metrics = run_training(cfg, overwrite=True)
+        metrics = common.train(name, data, run_dir, epochs=args.epochs, seed=seed, img_size=args.img_size,
+                               quick=args.quick)
     return load_model(run_dir).eval(), metrics
 
 
@@ -182,65 +203,101 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 256)
 
 
 def evaluate_all(model: nn.Module, images: Tensor, labels: Tensor, patch: tuple[int, int],
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Accuracy (percent) under every corruption; random draws are seeded identically for every model."""
     def averaged(corrupt) -> float:
-        gens = [torch.Generator().manual_seed(args.seed + 1000 + r) for r in range(args.repeats)]
-        return round(sum(accuracy(model, corrupt(g), labels) for g in gens) / args.repeats, 2)
+        gens = [torch.Generator().manual_seed(seed + 1000 + r) for r in range(args.repeats)]
+        return sum(accuracy(model, corrupt(g), labels) for g in gens) / args.repeats
 
     size = images.shape[-1]
-    out: dict[str, Any] = {"clean": round(accuracy(model, images, labels), 2)}
+    out: dict[str, Any] = {"clean": accuracy(model, images, labels)}
     out["patch_drop"] = {f: averaged(lambda g, f=f: drop_patches(images, f, patch, g)) for f in DROP_FRACTIONS}
     out["patch_shuffle"] = {g: averaged(lambda gen, g=g: shuffle_patches(images, g, gen))
                             for g in SHUFFLE_GRIDS if size % g == 0}
     out["noise"] = {s: averaged(lambda g, s=s: gaussian_noise(images, s, g)) for s in NOISE_SIGMAS}
-    m = min(args.attack_images, len(images))
-    x, y = images[:m], labels[:m]
-    out["fgsm"] = {round(e * 255, 3): round(accuracy(model, fgsm(model, x, y, e), y), 2) for e in EPSILONS}
-    gen = torch.Generator().manual_seed(args.seed)
-    out["pgd"] = {round(e * 255, 3): round(accuracy(model, pgd(model, x, y, e, args.pgd_steps, gen), y), 2)
-                  for e in EPSILONS}
-    out["attack_images"] = m
+    return out
+
+
+def attack_matched(models: dict[str, nn.Module], images: Tensor, labels: Tensor, args: argparse.Namespace,
+                   seed: int) -> dict[str, Any]:
+    """FGSM and PGD accuracy (percent) at each eps (x 1/255) on the images every model classifies correctly, so
+    all start from 100% clean accuracy. With no such image (untrained models) all images are used."""
+    with torch.no_grad():
+        right = torch.stack([m(images).argmax(-1) == labels for m in models.values()]).all(0)
+    matched = int(right.sum())
+    x, y = (images[right], labels[right]) if matched else (images, labels)
+    out: dict[str, Any] = {"matched_images": matched}
+    for label, model in models.items():
+        gen = torch.Generator().manual_seed(seed)
+        out[label] = {"fgsm": {round(e * 255, 3): accuracy(model, fgsm(model, x, y, e), y) for e in EPSILONS},
+                      "pgd": {round(e * 255, 3): accuracy(model, pgd(model, x, y, e, args.pgd_steps, gen), y)
+                              for e in EPSILONS}}
     return out
 
 
 def relative_area(curve: dict, clean: float) -> float | None:
     """Mean of accuracy / clean accuracy over the corrupted levels (all but the first, the uncorrupted one)."""
     values = list(curve.values())[1:]
-    return round(sum(values) / len(values) / clean, 4) if clean > 0 and values else None
+    return sum(values) / len(values) / clean if clean > 0 and values else None
 
 
-def judge(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per corruption: which model keeps more of its clean accuracy (mean relative accuracy)."""
-    vit, cnn = models["ViT"], models["ResNet"]
-    claims: dict[str, Any] = {}
-    for key in ("patch_drop", "patch_shuffle", "noise", "fgsm", "pgd"):
-        v, r = relative_area(vit[key], vit["clean"]), relative_area(cnn[key], cnn["clean"])
-        claims[key] = {"vit_relative": v, "resnet_relative": r,
-                       "vit_more_robust": None if v is None or r is None else v > r}
-    reproduced = claims["patch_drop"]["vit_more_robust"]
-    claims["reproduced"] = reproduced
-    claims["summary"] = (f"patch drop: ViT keeps {claims['patch_drop']['vit_relative']} of its clean accuracy "
-                         f"({vit['clean']}%), ResNet {claims['patch_drop']['resnet_relative']} ({cnn['clean']}%) "
-                         f"-> Naseer et al.'s claim {'reproduced' if reproduced else 'not reproduced'}")
-    return claims
+def kept(per_seed: list[dict[str, Any]], label: str, key: str) -> list[float]:
+    """Per seed: the share of clean accuracy `label` keeps under corruption `key` (0 for a model at 0%)."""
+    values = []
+    for s in per_seed:
+        r = s["models"][label]
+        clean = 100.0 if key in ("fgsm", "pgd") else r["clean"]        # attacks run on correctly classified images
+        values.append(relative_area(r[key], clean) or 0.0)
+    return values
+
+
+def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, seeds: list[int], n: int) -> dict[str, Any]:
+    labels = list(per_seed[0]["models"])
+    table = []
+    for label in labels:
+        row = {"model": label, "name": per_seed[0]["models"][label]["name"],
+               "clean top-1 %": common.summary([s["models"][label]["clean"] for s in per_seed])["text"]}
+        for key in PANELS:
+            row[f"kept under {key.replace('_', ' ')}"] = common.summary(kept(per_seed, label, key), 3)["text"]
+        table.append(row)
+    curves = {label: {key: {str(level): common.summary([s["models"][label][key][level] for s in per_seed])
+                            for level in per_seed[0]["models"][label][key]} for key in PANELS} for label in labels}
+    claims = [
+        common.claim("ViT keeps more of its clean accuracy than the ResNet when random patches are dropped",
+                     "Naseer et al. 2021, Fig. 3 (DeiT vs ResNet50 under random PatchDrop)",
+                     compare(kept(per_seed, "ViT", "patch_drop"), kept(per_seed, "ResNet", "patch_drop"),
+                             paired=True, quick=args.quick), measure="mean accuracy / clean accuracy over 10-90% drop"),
+        common.claim("ViT keeps more accuracy than the ResNet under PGD, at matched (100%) clean accuracy",
+                     "Shao et al. 2021; lecture 004 'relative robustness to adversarial examples'",
+                     compare(kept(per_seed, "ViT", "pgd"), kept(per_seed, "ResNet", "pgd"), paired=True,
+                             quick=args.quick), measure="mean PGD accuracy over eps 1-8/255, commonly-correct images"),
+    ]
+    return {"study": NAME, "quick": args.quick, "note": common.QUICK_NOTE if args.quick else None,
+            "command": common.command_line(NAME, args, add_arguments), "seeds": seeds, "data": args.data,
+            "img_size": args.img_size, "eval_images": n, "epochs": args.epochs,
+            "matched_images": [s["matched_images"] for s in per_seed],
+            "claims": claims, "table": table, "curves": curves, "per_seed": per_seed}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    from ..explain.plots import figure_curves, new_figure, save_figure
+    from ..explain.plots import new_figure
 
-    panels = [("patch_drop", "fraction of patches dropped"), ("patch_shuffle", "shuffle grid (g x g blocks)"),
-              ("noise", "Gaussian noise sigma"), ("fgsm", "FGSM eps (x 1/255)"), ("pgd", "PGD eps (x 1/255)")]
-    fig = new_figure(3.6 * len(panels), 3.8)
-    for i, (key, xlabel) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        curves = {f"{label} ({r['name']})": {"x": [float(k) for k in r[key]], "y": list(r[key].values())}
-                  for label, r in results["models"].items()}
-        claim = results["claims"][key]
-        title = (f"{key.replace('_', ' ')}\nkept (mean acc / clean): ViT {claim['vit_relative']}, "
-                 f"ResNet {claim['resnet_relative']}")
-        figure_curves(curves, xlabel, "top-1 accuracy (%)" if i == 0 else "", title, ax_fig=(fig, ax))
+    xlabels = {"patch_drop": "fraction of patches dropped", "patch_shuffle": "shuffle grid (g x g blocks)",
+               "noise": "Gaussian noise sigma", "fgsm": "FGSM eps (x 1/255), matched images",
+               "pgd": "PGD eps (x 1/255), matched images"}
+    fig = new_figure(3.6 * len(PANELS), 3.8)
+    for i, key in enumerate(PANELS):
+        ax = fig.add_subplot(1, len(PANELS), i + 1)
+        for label, curves in results["curves"].items():
+            levels = list(curves[key])
+            common.errorbar_plot(ax, [float(v) for v in levels], [curves[key][v]["per_seed"] for v in levels], label)
+        ax.set_xlabel(xlabels[key])
         ax.set_ylim(0, 100)
-    fig.suptitle(f"Robustness on {results['data']} at {results['img_size']}px ({results['eval_images']} validation "
-                 f"images; attacks on {next(iter(results['models'].values()))['attack_images']})", fontsize=10)
-    save_figure(fig, path)
+        ax.grid(alpha=0.3)
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        if i == 0:
+            ax.set_ylabel("top-1 % (mean ± std over seeds)")
+            ax.legend(fontsize=7)
+    fig.suptitle(common.quick_title(f"Robustness on {results['data']} at {results['img_size']} px, "
+                                    f"{len(results['seeds'])} seed(s)", results["quick"]), fontsize=10)
+    common.save(fig, path)

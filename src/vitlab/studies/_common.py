@@ -1,0 +1,142 @@
+"""What the classification studies share: the data they train on, seeds, the rerun command, training one model
+with the library's trainer, and plots with error bars. (A leading underscore: not a study itself.)"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checks import int_arg
+from .verdict import format_mean_std, mean_std
+
+log = logging.getLogger(__name__)
+
+QUICK_NOTE = "quick mode: a smoke test of the code path (tiny data, a step or two of training); no verdict"
+
+
+def add_seed_arguments(p: argparse.ArgumentParser, default_seeds: int = 3) -> None:
+    """--seeds, --seed and --quick, the same in every study."""
+    p.add_argument("--seeds", type=int_arg(at_least=1), default=default_seeds,
+                   help=f"independent runs (seeds seed..seed+N-1); the verdict needs >= 2 (default {default_seeds})")
+    p.add_argument("--seed", type=int_arg(at_least=0), default=0, help="first seed")
+    p.add_argument("--quick", action="store_true", help="a smoke test in seconds: tiny data, no verdict")
+
+
+def seed_list(args: argparse.Namespace) -> list[int]:
+    """The seeds a run uses: one in quick mode (a smoke test), --seeds otherwise."""
+    return [args.seed + i for i in range(1 if args.quick else args.seeds)]
+
+
+def quick_args(args: argparse.Namespace, name: str, add_arguments: Any, **overrides: Any) -> argparse.Namespace:
+    """args with quick mode's small settings; the rerun command stays the one the user typed."""
+    return argparse.Namespace(**{**vars(args), **overrides, "_command": command_line(name, args, add_arguments)})
+
+
+def command_line(name: str, args: argparse.Namespace, add_arguments: Any) -> str:
+    """The `vitlab study NAME ...` line that reruns this study: every option that differs from its default."""
+    if getattr(args, "_command", None):
+        return args._command
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    parts = ["vitlab", "study", name]
+    for action in p._actions:
+        if not action.option_strings or not hasattr(args, action.dest):
+            continue
+        value, default = getattr(args, action.dest), action.default
+        if value == default or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, ",".join(map(str, value))]
+        else:
+            parts += [flag, str(value)]
+    out = getattr(args, "out", None)
+    if out and out != f"runs/study-{name}":
+        parts += ["--out", str(out)]
+    return " ".join(parts)
+
+
+def shapes_folder(root: Path, size: int, per_class: int, val_per_class: int, seed: int = 0) -> str:
+    """An ImageFolder (train/<class>/, val/<class>/) of the generated `shapes` at `size` px; kept when present.
+
+    The studies train through the library's trainer, which reads data specs; a folder lets them choose the
+    number of images (the `shapes` spec has a fixed 500 per class)."""
+    from PIL import Image
+
+    from ..data.shapes import SHAPE_CLASSES, generate_shapes
+
+    root = Path(root)
+    done = root / ".complete"
+    if done.is_file():
+        return str(root)
+    for split, n, stream in (("train", per_class, 0), ("val", val_per_class, 1)):
+        images = generate_shapes(n, size, np.random.default_rng([seed, stream]))
+        for i in range(len(images)):
+            image, label = images[i]
+            folder = root / split / SHAPE_CLASSES[int(label)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
+    done.write_text("")
+    return str(root)
+
+
+def train(model: str, data: str, out: Path, *, epochs: int, seed: int, img_size: int | None = None,
+          quick: bool = False, **extra: Any) -> dict[str, Any]:
+    """One run of vitlab.train.run_training with the studies' recipe (short warm-up, no stochastic depth, no
+    label smoothing); returns its metrics. Quick runs skip the closing pictures (seconds each)."""
+    from ..train import TrainConfig, run_training
+
+    # lr 5e-4 and no random crop: the recipe under which a micro ViT learns shapes from scratch (README: ~47%
+    # after 30 epochs of 3000 images); at 2e-3 it stays at chance for 20 epochs
+    recipe = {"warmup_epochs": min(2.0, epochs / 5), "drop_path": 0.0, "label_smoothing": 0.0, "lr": 5e-4,
+              "crop_scale": 1.0, "batch_size": 32, "weight_decay": 0.05, "report": not quick}
+    cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, seed=seed, img_size=img_size,
+                      **{**recipe, **extra})
+    log.info("training %s (%d epochs, seed %d) into %s", model, epochs, seed, out)
+    return run_training(cfg, overwrite=True)
+
+
+def summary(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
+    """mean, std, per-seed values and the 'mean ± std' text of one table cell."""
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "per_seed": [float(v) for v in values], "text": format_mean_std(values, digits)}
+
+
+def claim(statement: str, source: str, result: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A claim's JSON entry: the lecture's statement, its paper, and the verdict.compare result."""
+    return {"statement": statement, "source": source, **result, **extra}
+
+
+def errorbar_plot(ax: Any, x: Sequence[float], per_seed: Sequence[Sequence[float]], label: str, **style: Any) -> None:
+    """Mean over seeds at each x with a ±1 std error bar; per_seed is (points, seeds)."""
+    means = [mean_std(v)[0] for v in per_seed]
+    errs = [mean_std(v)[1] or 0.0 for v in per_seed]
+    ax.errorbar(list(x), means, yerr=errs, marker="o", markersize=3, capsize=3, label=label, **style)
+
+
+def save(fig: Any, path: Path) -> None:
+    from ..explain.plots import save_figure
+
+    save_figure(fig, path)
+
+
+def quick_title(title: str, quick: bool) -> str:
+    return title + ("  [quick: smoke test, no verdict]" if quick else "")
+
+
+QUICK_SIZE, QUICK_TRAIN, QUICK_VAL = 16, 6, 4        # quick mode's data: 36 train / 24 val images of 16 px
+
+
+def study_data(args: argparse.Namespace, out: Path, size: int, per_class: int, val_per_class: int = 100) -> str:
+    """The data spec a study trains on: a shapes folder under `out` (quick: a tiny one), or args.data as given."""
+    if args.quick:
+        return shapes_folder(out / "quick-data", QUICK_SIZE, QUICK_TRAIN, QUICK_VAL)
+    if args.data == "shapes":
+        return shapes_folder(out / f"data-shapes{size}-{per_class}", size, per_class, val_per_class)
+    return args.data

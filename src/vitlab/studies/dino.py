@@ -1,0 +1,180 @@
+"""DINO's emergent segmentation (Caron et al. 2021, Fig. 3-4, Table 8): a ViT trained with DINO on single-object
+`scenes` vs the same ViT trained supervised on the shape labels, for the same number of epochs.
+
+Per seed (both models on the same generated data): weighted k-NN top-1 of the frozen [CLS] features (k 20, T 0.07;
+train split = memory bank, val split = queries) and the Jaccard similarity between each model's 60%-mass mask of
+the last-layer [CLS] attention (per head; the best head, chosen on the val set, and the mean over heads) and the
+ground-truth object masks. The paper's sign: DINO's masks are closer to the objects than the supervised model's.
+
+    vitlab study dino --seeds 2                   # the full settings (CPU: see README for the time)
+    vitlab study dino --quick                     # a seconds-long smoke test, no verdict
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..checks import float_arg, int_arg, text_arg
+from ..io import atomic_path, write_json
+from .verdict import compare, format_mean_std, mean_std
+
+log = logging.getLogger(__name__)
+
+NAME = "dino"
+HELP = "DINO vs supervised ViT on single-object scenes: k-NN accuracy and Jaccard of 60%-mass attention masks"
+KNN_TARGET = 0.8      # DINO's k-NN accuracy at least this share of the supervised model's (the issue's target)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="dino_vit_micro_patch8_64", type=text_arg,
+                   help="DINO variant; the supervised model is its backbone (default dino_vit_micro_patch8_64)")
+    p.add_argument("--train-images", type=int_arg(at_least=8), default=1000,
+                   help="single-object scenes to train on (val: a quarter as many)")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=10, help="epochs of each model")
+    p.add_argument("--batch-size", type=int_arg(at_least=2), default=32)
+    p.add_argument("--lr", type=float_arg(above=0), default=1e-3, help="peak learning rate of both models")
+    p.add_argument("--seeds", type=int_arg(at_least=1), default=2)
+    p.add_argument("--seed", type=int_arg(at_least=0), default=0, help="first seed")
+    p.add_argument("--quick", action="store_true", help="32 px, a few images, one epoch: a smoke test, no verdict")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..registry import default_config
+    from ..train import TrainConfig, run_training
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dino_name = "dino_vit_micro_patch4_32" if args.quick else args.model
+    cfg = default_config(dino_name)
+    if "backbone" not in cfg:
+        raise_not_dino(dino_name)
+    supervised_name, size = cfg["backbone"], cfg["img_size"]
+    n_train = 32 if args.quick else args.train_images
+    epochs, batch = (1, 16) if args.quick else (args.epochs, args.batch_size)
+    data = f"scenes:{n_train}"
+    seeds = [args.seed + i for i in range(args.seeds)]
+    per_seed = []
+    for seed in seeds:
+        common = dict(data=data, epochs=epochs, batch_size=batch, lr=args.lr, seed=seed, img_size=size,
+                      warmup_epochs=min(1.0, epochs / 5))
+        dino_cfg = TrainConfig(model=dino_name, out=str(out / f"dino-seed{seed}"), **common)
+        sup_cfg = TrainConfig(model=supervised_name, out=str(out / f"supervised-seed{seed}"), **common)
+        log.info("%s: seed %d: DINO (%s), then supervised (%s), %d epochs each", NAME, seed, dino_name,
+                 supervised_name, epochs)
+        dino_metrics = run_training(dino_cfg, overwrite=True)
+        sup_metrics = run_training(sup_cfg, overwrite=True)
+        row = {"seed": seed, "collapsed": dino_metrics["collapsed"],
+               "teacher_entropy": dino_metrics["teacher_entropy"], "supervised_val_top1": sup_metrics["val_top1"],
+               "dino_train_s": dino_metrics["wall_time_s"], "supervised_train_s": sup_metrics["wall_time_s"]}
+        row.update(measure(dino_cfg.out, sup_cfg.out, data, size, seed))
+        per_seed.append(row)
+        log.info("%s: seed %d: k-NN DINO %.1f%% vs supervised %.1f%%; Jaccard DINO %.3f vs supervised %.3f",
+                 NAME, seed, row["dino"]["knn_top1"], row["supervised"]["knn_top1"],
+                 row["dino"]["jaccard_best_head"], row["supervised"]["jaccard_best_head"])
+    results = summarize(per_seed, args, dino_name, supervised_name, data, epochs, batch)
+    write_json(out / "dino.json", results)
+    plot(per_seed, out / "dino.png", quick=args.quick)
+    attention_figure(out / f"dino-seed{seeds[0]}", out / f"supervised-seed{seeds[0]}", data, size, seeds[0],
+                     out / "dino_attention.png")
+    log.info("%s: Jaccard DINO - supervised %+.3f (se %s): %s; k-NN ratio %.2f (target >= %.1f)", NAME,
+             results["claim"]["difference"],
+             "n/a" if results["claim"]["standard_error"] is None else f"{results['claim']['standard_error']:.3f}",
+             results["claim"]["verdict"], results["knn_ratio"], KNN_TARGET)
+    return results
+
+
+def raise_not_dino(name: str) -> None:
+    from ..errors import VitlabError
+
+    raise VitlabError(f"--model {name}: not a DINO model (expected one of vitlab models 'dino_*')")
+
+
+def measure(dino_dir: str, sup_dir: str, data: str, size: int, seed: int) -> dict[str, Any]:
+    """k-NN top-1 and attention-mask Jaccard of both trained models on the seed's data."""
+    from ..checkpoint import load_model
+    from ..data import build_data
+    from ..eval_protocols import extract_features, knn_top1
+    from ..explain.cls_attention import attention_jaccard
+
+    bundle = build_data(data, size, seed=seed)
+    result = {}
+    for label, run_dir in (("dino", dino_dir), ("supervised", sup_dir)):
+        model = load_model(run_dir)
+        bank, val = extract_features(model, bundle.train), extract_features(model, bundle.val)
+        knn = knn_top1(bank, bundle.train.labels, val, bundle.val.labels, len(bundle.classes))
+        result[label] = {"knn_top1": knn, **attention_jaccard(model, bundle.val.images, bundle.val.masks)}
+    return result
+
+
+def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_name: str, supervised_name: str,
+              data: str, epochs: int, batch: int) -> dict[str, Any]:
+    def values(model: str, key: str) -> list[float]:
+        return [r[model][key] for r in per_seed]
+
+    table = {}
+    for model in ("dino", "supervised"):
+        table[model] = {key: format_mean_std(values(model, key), 3 if "jaccard" in key else 2)
+                        for key in ("knn_top1", "jaccard_best_head", "jaccard_mean_head")}
+        table[model].update({f"{key}_mean": mean_std(values(model, key))[0]
+                             for key in ("knn_top1", "jaccard_best_head", "jaccard_mean_head")})
+    claim = compare(values("dino", "jaccard_best_head"), values("supervised", "jaccard_best_head"), paired=True,
+                    quick=args.quick)
+    claim_mean_head = compare(values("dino", "jaccard_mean_head"), values("supervised", "jaccard_mean_head"),
+                              paired=True, quick=args.quick)
+    sup_knn = table["supervised"]["knn_top1_mean"]
+    ratio = table["dino"]["knn_top1_mean"] / sup_knn if sup_knn > 0 else float("nan")
+    command = ("vitlab study dino --quick" + (f" --seeds {len(per_seed)}" if len(per_seed) != 2 else "")
+               if args.quick else
+               f"vitlab study dino --model {dino_name} --train-images {args.train_images} --epochs {epochs} "
+               f"--batch-size {batch} --lr {args.lr:g} --seeds {len(per_seed)}")
+    return {"command": command, "quick": args.quick, "data": data, "dino_model": dino_name,
+            "supervised_model": supervised_name, "epochs": epochs, "seeds": [r["seed"] for r in per_seed],
+            "claim": {"statement": "Jaccard(60%-mass [CLS] attention mask, object mask): DINO > supervised "
+                                   "(Caron et al. 2021, Table 8), best head", **claim},
+            "claim_mean_head": claim_mean_head, "knn_ratio": ratio, "knn_target": KNN_TARGET,
+            "knn_target_met": bool(ratio >= KNN_TARGET), "any_collapse": any(r["collapsed"] for r in per_seed),
+            # the issue's target is both: a k-NN ratio from a collapsed (chance-level) model means nothing
+            "targets_met": bool(ratio >= KNN_TARGET and not any(r["collapsed"] for r in per_seed)),
+            "table": table, "per_seed": per_seed}
+
+
+def plot(per_seed: list[dict[str, Any]], path: Path, quick: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, key, label in ((axes[0], "knn_top1", "k-NN top-1 (%)"),
+                           (axes[1], "jaccard_best_head", "Jaccard of 60%-mass mask (best head)")):
+        for i, model in enumerate(("dino", "supervised")):
+            vals = [r[model][key] for r in per_seed]
+            mean, std = mean_std(vals)
+            ax.bar(i, mean, yerr=std or 0.0, capsize=4, color=("tab:orange", "tab:blue")[i], alpha=0.8)
+            ax.scatter([i] * len(vals), vals, color="black", s=10, zorder=3)
+        ax.set_xticks([0, 1], ["DINO", "supervised"])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("DINO vs supervised ViT on single-object scenes" + (" (quick: smoke test)" if quick else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def attention_figure(dino_dir: Path, sup_dir: Path, data: str, size: int, seed: int, path: Path,
+                     n: int = 4) -> Path:
+    """Both models' per-head [CLS] attention and 60%-mass masks on n val images (the README picture)."""
+    import torch
+
+    from ..checkpoint import load_model
+    from ..data import build_data
+    from ..explain.cls_attention import plot_cls_attention
+
+    val = build_data(data, size, seed=seed).val
+    idx = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
+    models = [("DINO", load_model(dino_dir)), ("supervised", load_model(sup_dir))]
+    return plot_cls_attention(models, val.images[idx], path, masks=val.masks[idx])
