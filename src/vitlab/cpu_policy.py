@@ -66,6 +66,7 @@ class CpuPolicy:
     interval: float = INTERVAL_S
     _last: tuple[float, float, float, float] | None = field(default=None, repr=False)   # wall, busy, total, own
     _pending: int | None = field(default=None, repr=False)
+    note: str | None = field(default=None, repr=False)   # why fewer threads than cores, for announce()
 
     def sample(self) -> float | None:
         """Cores kept busy by other processes since the last sample (None on the first call or without /proc)."""
@@ -114,7 +115,8 @@ def _set_threads(n: int) -> None:
 
 
 def start(window: float = START_WINDOW_S) -> CpuPolicy:
-    """Choose this process's torch thread count from the environment or from the load the machine has now."""
+    """Choose this process's torch thread count from the environment or from the load the machine has now.
+    Says nothing (a one-line answer or error stays one line); `announce` says the choice when training starts."""
     global _POLICY
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = os.environ
@@ -135,10 +137,18 @@ def start(window: float = START_WINDOW_S) -> CpuPolicy:
         policy.threads = policy.choose(others) if others is not None else cores
         _set_threads(policy.threads)
         if policy.threads < cores:
-            log.info("other processes keep %.1f of %d cores busy: %d torch thread%s (VITLAB_CPU_POLICY=off for "
-                     "torch's default)", others, cores, policy.threads, "s" if policy.threads > 1 else "")
+            policy.note = (f"other processes keep {others:.1f} of {cores} cores busy: {policy.threads} torch "
+                           f"thread{'s' if policy.threads > 1 else ''} (VITLAB_CPU_POLICY=off for torch's default)")
+            log.debug(policy.note)
         _POLICY = policy
     return _POLICY
+
+
+def announce() -> None:
+    """Log, once, why this process runs fewer threads than cores (the trainer calls it when training starts)."""
+    if _POLICY is not None and _POLICY.note:
+        log.info(_POLICY.note)
+        _POLICY.note = None
 
 
 def tick() -> None:

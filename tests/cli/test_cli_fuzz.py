@@ -38,8 +38,10 @@ BASE = {
     "export": ["export", "{ck}", "--onnx", "--out", "{out}/model.onnx"],
     "data export": ["data", "export", "scenes", "{out}/scenes"],
     **{f"study {name}": ["study", name, "--out", "{out}/study"]
-       for name in ("attention-distance", "complexity", "distill", "robustness", "segmentation", "stn")},
+       for name in ("attention-distance", "complexity", "distill", "robustness", "segmentation", "stn", "all",
+                    "dino", "pos-embed", "scaling")},
     "serve": ["serve", "--checkpoint", "{ck}", "--port", "0"],
+    "zero-shot": ["zero-shot", "--checkpoint", "{ck}"],
 }
 
 TABLE: dict[str, dict[str, list[str]]] = {
@@ -55,11 +57,14 @@ TABLE: dict[str, dict[str, list[str]]] = {
         "--seed": NON_NEGATIVE_INT, "--val-fraction": ["0", "1", "-0.5", "nan", "x", ""],
         "--workers": NON_NEGATIVE_INT, "--teacher": TEXT, "--distill": CHOICE, "--distill-tau": POSITIVE_FLOAT,
         "--distill-alpha": FRACTION, "--attention": CHOICE, "--resume": TEXT, "--model-arg": ["novalue"],
+        "--ce-weight": NON_NEGATIVE_FLOAT, "--dice-weight": NON_NEGATIVE_FLOAT,
     },
     "eval": {"--checkpoint": TEXT, "--data": TEXT, "--split": CHOICE, "--batch-size": POSITIVE_INT,
-             "--device": DEVICE, "--precision": CHOICE},
+             "--device": DEVICE, "--precision": CHOICE, "--protocol": CHOICE},
     "predict": {"--checkpoint": TEXT, "images": TEXT, "--top-k": POSITIVE_INT, "--threshold": FRACTION,
-                "--out": TEXT, "--device": DEVICE, "--runtime": CHOICE, "--precision": CHOICE},
+                "--out": TEXT, "--device": DEVICE, "--runtime": CHOICE, "--precision": CHOICE, "--text": TEXT},
+    "zero-shot": {"--checkpoint": TEXT, "--data": TEXT, "--classes": TEXT, "--template": TEXT, "--split": CHOICE,
+                  "--device": DEVICE, "--precision": CHOICE},
     "models": {"pattern": ["", "zzz*"]},
     "info": {"model": TEXT, "--img-size": POSITIVE_INT, "--num-classes": POSITIVE_INT},
     "convert": {"src": TEXT, "dst": TEXT, "--to": CHOICE, "--model": TEXT, "--num-classes": POSITIVE_INT,
@@ -80,25 +85,38 @@ TABLE: dict[str, dict[str, list[str]]] = {
                     "--max-objects": POSITIVE_INT},
     "study attention-distance": {"--data": TEXT, "--img-size": POSITIVE_INT, "--vit": TEXT,
                                  "--epochs": POSITIVE_INT, "--checkpoint": TEXT, "--eval-images": POSITIVE_INT,
+                                 "--train-per-class": POSITIVE_INT, "--seeds": POSITIVE_INT,
                                  "--seed": NON_NEGATIVE_INT, "--out": TEXT},
     "study complexity": {"--sizes": ["32", "0,32", "x", ""], "--batch-size": POSITIVE_INT,
-                         "--repeats": POSITIVE_INT, "--out": TEXT},
+                         "--repeats": POSITIVE_INT, "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT,
+                         "--out": TEXT},
     "study distill": {"--data": TEXT, "--img-size": POSITIVE_INT, "--teacher": TEXT, "--patch": POSITIVE_INT,
                       "--depth": POSITIVE_INT, "--epochs": POSITIVE_INT, "--teacher-epochs": POSITIVE_INT,
-                      "--distill": CHOICE, "--seed": NON_NEGATIVE_INT, "--seeds": POSITIVE_INT, "--out": TEXT},
+                      "--train-per-class": POSITIVE_INT, "--vit-teacher": TEXT,
+                      "--seed": NON_NEGATIVE_INT, "--seeds": POSITIVE_INT, "--out": TEXT},
     "study robustness": {"--data": TEXT, "--img-size": POSITIVE_INT, "--vit": TEXT, "--resnet": TEXT,
                          "--epochs": POSITIVE_INT, "--eval-images": POSITIVE_INT, "--attack-images": POSITIVE_INT,
                          "--pgd-steps": POSITIVE_INT, "--repeats": POSITIVE_INT, "--seed": NON_NEGATIVE_INT,
+                         "--train-per-class": POSITIVE_INT, "--hybrid": TEXT, "--seeds": POSITIVE_INT,
                          "--out": TEXT},
+    "study all": {"--only": NAME_LIST, "--out": TEXT},
+    "study pos-embed": {"--data": TEXT, "--img-size": POSITIVE_INT, "--train-per-class": POSITIVE_INT,
+                        "--vit": TEXT, "--epochs": POSITIVE_INT, "--reuse-from": TEXT, "--seeds": POSITIVE_INT,
+                        "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+    "study scaling": {"--batch-size": POSITIVE_INT, "--repeats": POSITIVE_INT, "--seeds": POSITIVE_INT,
+                      "--seed": NON_NEGATIVE_INT, "--out": TEXT},
     "serve": {"--checkpoint": TEXT, "--host": TEXT, "--port": ["-1", "65536", "1.5", "nan", "x", ""],
               "--max-upload-mb": ["0", "-1", "1025", "nan", "x", ""]},
     "study segmentation": {"--data": TEXT, "--budget": ["0", "-1", "nan", "inf", "x", ""], "--seeds": POSITIVE_INT,
                            "--seed": NON_NEGATIVE_INT, "--batch-size": POSITIVE_INT, "--lr": POSITIVE_FLOAT,
                            "--out": TEXT},
+    "study dino": {"--model": TEXT, "--train-images": ["7", "0", "nan", "x", ""], "--epochs": POSITIVE_INT,
+                   "--batch-size": ["1", "0", "nan", "x", ""], "--lr": POSITIVE_FLOAT, "--seeds": POSITIVE_INT,
+                   "--seed": NON_NEGATIVE_INT, "--out": TEXT},
     "study stn": {"--data": CHOICE, "--epochs": POSITIVE_INT, "--batch-size": POSITIVE_INT,
                   "--lr": POSITIVE_FLOAT, "--heads": POSITIVE_INT, "--canvas": ["7", "0", "nan", "x", ""],
                   "--crop": ["7", "0", "nan", "x", ""], "--max-rotation": ["-1", "181", "nan", "inf", "x", ""],
-                  "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+                  "--seed": NON_NEGATIVE_INT, "--seeds": POSITIVE_INT, "--out": TEXT},
 }
 
 POSITIONAL = {("predict", "images"): 3, ("explain", "images"): 4, ("info", "model"): 1, ("convert", "src"): 1,
@@ -137,7 +155,7 @@ def files(tmp_path_factory):
 
 
 def test_table_size():
-    assert len(CASES) == 661          # the figure the README quotes
+    assert len(CASES) == 847          # the figure the README quotes
 
 
 @pytest.mark.parametrize("command,option,value", CASES, ids=[f"{c}|{o}={v!r}" for c, o, v in CASES])
@@ -176,4 +194,4 @@ def test_table_covers_every_numeric_and_choice_option_of_every_command():
     assert missing == []
     commands = {c.split()[0] for c in TABLE}
     assert commands == {"train", "eval", "predict", "models", "info", "convert", "explain", "study", "bench",
-                        "export", "data", "serve"}
+                        "export", "data", "serve", "zero-shot"}

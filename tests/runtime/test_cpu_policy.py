@@ -83,3 +83,17 @@ def test_cli_refuses_a_bad_thread_count_in_one_line(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == "vitlab models: error: VITLAB_THREADS='-2': expected a whole number of threads >= 1"
+
+
+def test_the_choice_is_said_once_when_training_starts_not_before_an_error(monkeypatch, caplog):
+    """start() says nothing (a one-line error stays one line on a busy machine); announce() logs the note once."""
+    import logging
+
+    from vitlab import cpu_policy as cp
+
+    policy = cp.CpuPolicy(cores=2, threads=1, note="other processes keep 1.0 of 2 cores busy: 1 torch thread")
+    monkeypatch.setattr(cp, "_POLICY", policy)
+    with caplog.at_level(logging.INFO, logger=cp.log.name):
+        cp.announce()
+        cp.announce()
+    assert [r.getMessage() for r in caplog.records] == ["other processes keep 1.0 of 2 cores busy: 1 torch thread"]

@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights, model_config, read_config, read_weights, \
     save_weights
+from .. import cpu_policy
 from ..checks import check_choice, check_device, check_float, check_int, check_text
 from ..errors import VitlabError
 from ..io import write_json, write_text
@@ -358,6 +359,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
              task.name, params / 1e6, len(data.classes), len(data.train), len(data.val),
              "images" if task.takes_images else "examples", f" at {image_size}px" if image_size else "",
              procs.device, procs.precision)
+    cpu_policy.announce()        # once: why fewer torch threads than cores, if so
 
     result: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, last_epoch + 1):
