@@ -115,7 +115,11 @@ def test_attention_answer_against_hand_computations(client, served, digit_png):
     sim = np.array(d["pos_embed_similarity"])
     assert sim.shape == (4, 4, 4, 4)
     np.testing.assert_allclose([sim[r, c, r, c] for r in range(4) for c in range(4)], 1, atol=1e-5)  # self: cos 1
-    assert d["top_k"] == post(client, "/api/predict", digit_png).json()["top_k"]
+    # the same top-k as /api/predict; the probabilities to float rounding (the recording path computes the
+    # attention explicitly, predict runs the fused kernel: the 6th decimal may differ)
+    plain = post(client, "/api/predict", digit_png).json()["top_k"]
+    assert [t["class"] for t in d["top_k"]] == [t["class"] for t in plain]
+    np.testing.assert_allclose([t["probability"] for t in d["top_k"]], [t["probability"] for t in plain], atol=1e-5)
     assert Image.open(io.BytesIO(base64.b64decode(d["image"].split(",", 1)[1]))).size == (8, 8)
     assert "attention" not in post(client, "/api/attention", digit_png).json()     # only with ?full=1
 

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from ..errors import VitlabError
-from ..registry import model_task
+from ..variants import model_task
 from .base import Task
 
 _TASK_MODULES = {"classification": ".classification", "detection": ".detection",
