@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..errors import VitlabError
 from ..variants import default_config, list_models
 from . import FORMATS, Checkpoint, Format
 from ._keymap import KeyTable, rename_or_raise
-from .safe_load import TORCH_SUFFIXES
+from .safe_load import TORCH_SUFFIXES, load_torch
 from .timm import TIMM_VIT_KEYS, TimmFamily, read_timm_vit, register_timm_family
 
 log = logging.getLogger(__name__)
@@ -43,18 +42,7 @@ NETWORKS = ("student", "teacher")
 
 def load_dino_file(path: Path, trust_pickle: bool = False, mmap: bool = False) -> Any:
     """torch.load, weights only, with argparse.Namespace (main_dino.py's saved args) allowed."""
-    if trust_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise VitlabError(f"{path}: refusing to unpickle it ({str(e).splitlines()[0][:200]}); if you trust its "
-                          f"source, convert it once with `vitlab convert {path} OUT --trust-pickle`") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        if mmap:          # a legacy (non-zip) file cannot be memory-mapped
-            return load_dino_file(path, trust_pickle, mmap=False)
-        raise VitlabError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0]})") from None
+    return load_torch(path, trust_pickle, safe_globals=(argparse.Namespace,), mmap=mmap)
 
 
 def is_full_dino_checkpoint(path: Path) -> bool:

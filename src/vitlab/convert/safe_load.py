@@ -24,14 +24,17 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")   # where training scripts nest the weights
 
 
-def load_torch(path: str | Path, trust_pickle: bool = False) -> Any:
-    """torch.load on CPU with weights_only=True, or full unpickling when the caller explicitly trusts the file."""
+def load_torch(path: str | Path, trust_pickle: bool = False, *, safe_globals: tuple = (), mmap: bool = False) -> Any:
+    """torch.load on CPU with weights_only=True, or full unpickling when the caller explicitly trusts the file.
+    safe_globals: classes the weights-only unpickler may also build (e.g. argparse.Namespace, the saved args of
+    DINO's training script); mmap: memory-map a zip file (a legacy file is then read normally)."""
     path = Path(path)
     if trust_pickle:
         log.warning("%s: unpickling with weights_only=False (trusted source)", path)
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         culprits = sorted(set(re.findall(r"GLOBAL (\S+)", str(e))))
         raise VitlabError(
@@ -39,6 +42,8 @@ def load_torch(path: str | Path, trust_pickle: bool = False) -> Any:
             f"({', '.join(culprits) or 'weights_only=True failed'}) and unpickling can run code; if you trust its "
             f"source, convert it once with `vitlab convert {path} OUT --trust-pickle`") from None
     except (RuntimeError, EOFError, OSError) as e:
+        if mmap:          # a legacy (non-zip) file cannot be memory-mapped
+            return load_torch(path, trust_pickle, safe_globals=safe_globals)
         raise VitlabError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0]})") from None
 
 
