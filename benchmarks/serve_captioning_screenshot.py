@@ -11,14 +11,9 @@ of the caption (0: the first), and saves a full-page PNG (palette-quantised to s
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import re
-import subprocess
-import sys
 
-from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
+from serve_shot import save_png, served_page
 
 
 def main() -> None:
@@ -30,36 +25,19 @@ def main() -> None:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vitlab", "serve", "--checkpoint", args.checkpoint, "--port", "0"],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        match = re.match(r"vitlab serve: (http://\S+) ", line)
-        if not match:
-            raise SystemExit(f"vitlab serve did not start: {line!r}")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 560})
-            page.goto(match.group(1))
-            page.wait_for_selector("body[data-status=idle][data-task=captioning]")
-            for i in range(args.scene + 1):            # "ready" stays set until the next sample's request is back
-                page.click("#scenes")
-                expect(page.locator("#source")).to_contain_text(f"scenes sample #{i} ")
-                page.wait_for_selector("body[data-status=ready]")
-            words = page.locator("#caption button")
-            words.nth(min(args.word, words.count() - 1)).click()
-            shot = page.screenshot(full_page=True)
-            caption = words.all_inner_texts()
-            source = page.locator("#source").inner_text()
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-    image.save(args.out, optimize=True)
-    print(f"{args.out}: {image.size[0]}x{image.size[1]}, {os.path.getsize(args.out) // 1024} KB; {source}; "
-          f"caption: {' '.join(caption)}; clicked: {caption[min(args.word, len(caption) - 1)]!r}")
+    with served_page(args.checkpoint, args.chromium, height=560) as page:
+        page.wait_for_selector("body[data-status=idle][data-task=captioning]")
+        for i in range(args.scene + 1):            # "ready" stays set until the next sample's request is back
+            page.click("#scenes")
+            expect(page.locator("#source")).to_contain_text(f"scenes sample #{i} ")
+            page.wait_for_selector("body[data-status=ready]")
+        words = page.locator("#caption button")
+        words.nth(min(args.word, words.count() - 1)).click()
+        shot = page.screenshot(full_page=True)
+        caption = words.all_inner_texts()
+        source = page.locator("#source").inner_text()
+    print(f"{save_png(shot, args.out)}; {source}; caption: {' '.join(caption)}; "
+          f"clicked: {caption[min(args.word, len(caption) - 1)]!r}")
 
 
 if __name__ == "__main__":

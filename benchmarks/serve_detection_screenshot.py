@@ -10,14 +10,8 @@ Starts `vitlab serve` on a free loopback port, opens the page in Debian's chromi
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import re
-import subprocess
-import sys
 
-from PIL import Image
-from playwright.sync_api import sync_playwright
+from serve_shot import save_png, served_page
 
 
 def main() -> None:
@@ -30,33 +24,16 @@ def main() -> None:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vitlab", "serve", "--checkpoint", args.checkpoint, "--port", "0"],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        match = re.match(r"vitlab serve: (http://\S+) ", line)
-        if not match:
-            raise SystemExit(f"vitlab serve did not start: {line!r}")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 620})
-            page.goto(match.group(1))
-            page.wait_for_selector("body[data-status=idle][data-task=detection]")
-            for _ in range(args.scene + 1):
-                page.click("#scenes")
-                page.wait_for_selector("body[data-status=ready]")
-            page.locator("#detections li").nth(args.box).click()
-            page.select_option("#head", args.head)
-            shot = page.screenshot(full_page=True)
-            listed = page.locator("#detections li").all_inner_texts()
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-    image.save(args.out, optimize=True)
-    print(f"{args.out}: {image.size[0]}x{image.size[1]}, {os.path.getsize(args.out) // 1024} KB; boxes: {listed}")
+    with served_page(args.checkpoint, args.chromium, height=620) as page:
+        page.wait_for_selector("body[data-status=idle][data-task=detection]")
+        for _ in range(args.scene + 1):
+            page.click("#scenes")
+            page.wait_for_selector("body[data-status=ready]")
+        page.locator("#detections li").nth(args.box).click()
+        page.select_option("#head", args.head)
+        shot = page.screenshot(full_page=True)
+        listed = page.locator("#detections li").all_inner_texts()
+    print(f"{save_png(shot, args.out)}; boxes: {listed}")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,8 @@ position-embedding view, and saves a full-page PNG (palette-quantised to stay sm
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import re
-import subprocess
-import sys
 
-from PIL import Image
-from playwright.sync_api import sync_playwright
+from serve_shot import save_png, served_page
 
 
 def main() -> None:
@@ -30,38 +24,21 @@ def main() -> None:
     args = ap.parse_args()
     hx, hy = (float(v) for v in args.hover.split(","))
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vitlab", "serve", "--checkpoint", args.checkpoint, "--port", "0"],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        match = re.match(r"vitlab serve: (http://\S+) ", line)
-        if not match:
-            raise SystemExit(f"vitlab serve did not start: {line!r}")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.goto(match.group(1))
-            page.wait_for_selector("body[data-status=idle]")
-            if args.image:
-                page.set_input_files("#file", args.image)
-            else:
-                for _ in range(args.sample_clicks):
-                    page.click("#shapes")
-                    page.wait_for_selector("body[data-status=ready]")
-            page.wait_for_selector("body[data-status=ready]")
-            box = page.locator("#overlay").bounding_box()
-            x, y = box["x"] + box["width"] * hx, box["y"] + box["height"] * hy
-            page.mouse.click(x, y)                                 # pin: position-embedding similarity
-            page.mouse.move(x, y)
-            shot = page.screenshot(full_page=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-    image.save(args.out, optimize=True)
-    print(f"{args.out}: {image.size[0]}x{image.size[1]}, {os.path.getsize(args.out) // 1024} KB")
+    with served_page(args.checkpoint, args.chromium, height=860) as page:
+        page.wait_for_selector("body[data-status=idle]")
+        if args.image:
+            page.set_input_files("#file", args.image)
+        else:
+            for _ in range(args.sample_clicks):
+                page.click("#shapes")
+                page.wait_for_selector("body[data-status=ready]")
+        page.wait_for_selector("body[data-status=ready]")
+        box = page.locator("#overlay").bounding_box()
+        x, y = box["x"] + box["width"] * hx, box["y"] + box["height"] * hy
+        page.mouse.click(x, y)                                 # pin: position-embedding similarity
+        page.mouse.move(x, y)
+        shot = page.screenshot(full_page=True)
+    print(save_png(shot, args.out))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,27 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+CHROMIUM = os.environ.get("VITLAB_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of Debian's chromium for Playwright (its own browser download cannot run here). Skips where
+    playwright or chromium is missing, except under CI (CI=1), where the browser tests must run."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "playwright is not installed"
+    else:
+        missing = "" if Path(CHROMIUM).exists() else f"chromium is missing at {CHROMIUM}"
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"CI: {missing} (.ci/run installs chromium with apt-get; playwright is in the dev extra)")
+    if missing:
+        pytest.skip(f"{missing} (set CI=1 to make this a failure)")
+    return CHROMIUM
 
 
 @pytest.fixture(autouse=True)

@@ -150,3 +150,18 @@ def make_tiny_captioner(directory, steps: int = 16, seed: int = 0):
 def tiny_captioner(tmp_path_factory):
     """A tiny trained captioning run directory (see make_tiny_captioner)."""
     return make_tiny_captioner(tmp_path_factory.mktemp("serve_cap") / "cap_tiny")
+
+
+@pytest.fixture
+def overlay_png():
+    """page -> a screenshot of the page's overlay canvas as (H, W, 3) ints (what the user sees: image + overlay)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def shot(page) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"),
+                          dtype=np.int16)
+
+    return shot

@@ -1,33 +1,14 @@
 """The page in a real browser: Debian's chromium (/usr/bin/chromium) driven by Playwright, against `vitlab serve`
 started as a subprocess on a free loopback port with a tiny trained checkpoint. Skipped only when chromium or
 playwright is absent and CI is not set; under CI it must run."""
-import io
 import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-CHROMIUM = os.environ.get("VITLAB_CHROMIUM", "/usr/bin/chromium")
-IN_CI = bool(os.environ.get("CI"))
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:                                   # pragma: no cover - depends on the machine
-    sync_playwright = None
-if (sync_playwright is None or not Path(CHROMIUM).exists()) and not IN_CI:
-    pytest.skip("playwright or chromium is missing (set CI=1 to make this a failure)", allow_module_level=True)
-
-
-def overlay_png(page) -> np.ndarray:
-    """A screenshot of the overlay canvas as (H, W, 3) ints (what the user sees there: image + overlay)."""
-    return np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"), dtype=np.int16)
-
 
 @pytest.fixture
 def server(tiny_run, tmp_path):
@@ -51,9 +32,9 @@ def server(tiny_run, tmp_path):
         log.close()
 
 
-def test_page_upload_hover_and_layer_switch(server, tmp_path):
-    assert sync_playwright is not None, "CI: playwright is not installed"
-    assert Path(CHROMIUM).exists(), f"CI: chromium is missing at {CHROMIUM} (.ci/run installs it with apt-get)"
+def test_page_upload_hover_and_layer_switch(chromium, overlay_png, server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
     from vitlab.data import build_data
     from vitlab.serve.models import png_bytes
 
@@ -61,7 +42,7 @@ def test_page_upload_hover_and_layer_switch(server, tmp_path):
     image.write_bytes(png_bytes(build_data("digits", 8).val.images[0]))
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -2,29 +2,11 @@
 uvicorn with a tiny captioning checkpoint. Upload an image: the caption appears as clickable words; clicking a word
 draws its attention over the image tokens, clicking another word draws another map. Skipped only when chromium or
 playwright is absent and CI is not set."""
-import io
-import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-CHROMIUM = os.environ.get("VITLAB_CHROMIUM", "/usr/bin/chromium")
-IN_CI = bool(os.environ.get("CI"))
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:                                   # pragma: no cover - depends on the machine
-    sync_playwright = None
-if (sync_playwright is None or not Path(CHROMIUM).exists()) and not IN_CI:
-    pytest.skip("playwright or chromium is missing (set CI=1 to make this a failure)", allow_module_level=True)
-
 VIRIDIS_TOP = [253, 231, 37]                          # app.js draws a map's largest cell in viridis yellow
-
-
-def overlay_png(page) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"), dtype=np.int16)
 
 
 def top_cell_is_yellow(page, attention) -> bool:
@@ -35,9 +17,9 @@ def top_cell_is_yellow(page, attention) -> bool:
     return bool((np.abs(pixels - VIRIDIS_TOP).max(1) <= 2).mean() > 0.5)
 
 
-def test_captioning_page_words_click_and_draw(tiny_captioner, start_server, tmp_path):
-    assert sync_playwright is not None, "CI: playwright is not installed"
-    assert Path(CHROMIUM).exists(), f"CI: chromium is missing at {CHROMIUM} (.ci/run installs it with apt-get)"
+def test_captioning_page_words_click_and_draw(chromium, overlay_png, tiny_captioner, start_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
     from vitlab.serve.app import create_app
     from vitlab.serve.captioning import caption_attention
     from vitlab.serve.models import load_served_models
@@ -50,7 +32,7 @@ def test_captioning_page_words_click_and_draw(tiny_captioner, start_server, tmp_
     assert len(words) >= 2
     errors = []
     with start_server(create_app(served, workers=1)) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

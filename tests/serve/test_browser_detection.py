@@ -2,28 +2,9 @@
 uvicorn (no subprocess start: this case stays a few seconds) with a tiny DETR checkpoint. Upload an image, see the
 boxes, click one: its query's cross-attention is drawn; switch the head; move the threshold. Skipped only when
 chromium or playwright is absent and CI is not set."""
-import io
-import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-
-CHROMIUM = os.environ.get("VITLAB_CHROMIUM", "/usr/bin/chromium")
-IN_CI = bool(os.environ.get("CI"))
-
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:                                   # pragma: no cover - depends on the machine
-    sync_playwright = None
-if (sync_playwright is None or not Path(CHROMIUM).exists()) and not IN_CI:
-    pytest.skip("playwright or chromium is missing (set CI=1 to make this a failure)", allow_module_level=True)
-
-
-def overlay_png(page) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"), dtype=np.int16)
-
 
 def smallest_box_at(detections, x, y, image_size, side=384):
     """The JS rule (detectionAt): of the boxes holding canvas point (x, y), the smallest."""
@@ -37,9 +18,9 @@ def smallest_box_at(detections, x, y, image_size, side=384):
     return best
 
 
-def test_detection_page_boxes_click_and_head(tiny_detr, start_server, tmp_path):
-    assert sync_playwright is not None, "CI: playwright is not installed"
-    assert Path(CHROMIUM).exists(), f"CI: chromium is missing at {CHROMIUM} (.ci/run installs it with apt-get)"
+def test_detection_page_boxes_click_and_head(chromium, overlay_png, tiny_detr, start_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
     from vitlab.serve.app import create_app
     from vitlab.serve.detection import detection_attention
     from vitlab.serve.models import load_served_models
@@ -52,7 +33,7 @@ def test_detection_page_boxes_click_and_head(tiny_detr, start_server, tmp_path):
     assert 0 < len(found) < 10
     errors = []
     with start_server(create_app(served, workers=1)) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
