@@ -26,7 +26,20 @@ def classification_logits(out: Tensor | dict[str, Tensor]) -> Tensor:
     return out["logits"] if isinstance(out, dict) else out
 
 
-class ClassificationTask(Task):
+class LabelledImageBatches:
+    """The training batches of an image set of (uint8 image, label): shuffled per epoch, the last partial batch
+    dropped, split across ranks. Classification and DINO (whose labels only the k-NN monitor reads) share them."""
+
+    def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
+        return num_batches(data.train, batch_size, drop_last=True, world_size=world_size)
+
+    def train_batches(self, data: Any, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
+                      world_size: int = 1, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        return batches(data.train, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True,
+                       num_workers=workers, rank=rank, world_size=world_size)
+
+
+class ClassificationTask(LabelledImageBatches, Task):
     name = "classification"
     primary_metric = "val_top1"
     epoch_metrics = ("val_loss", "val_top1", "val_top5")
@@ -37,14 +50,6 @@ class ClassificationTask(Task):
             raise VitlabError(f"{cfg.data}: a classification data set needs at least 2 classes, found "
                               f"{len(data.classes)} ({', '.join(data.classes) or 'none'})")
         return data
-
-    def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
-        return num_batches(data.train, batch_size, drop_last=True, world_size=world_size)
-
-    def train_batches(self, data: Any, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
-                      world_size: int = 1, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        return batches(data.train, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True,
-                       num_workers=workers, rank=rank, world_size=world_size)
 
     def augment(self, cfg: Any, model: nn.Module, data: Any, image_size: int) -> nn.Module:
         hflip = cfg.hflip if cfg.hflip is not None else data.mirror_safe

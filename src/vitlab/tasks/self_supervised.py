@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,11 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from ..data import batches, build_data, num_batches
+from ..data import batches, build_data
 from ..data.augment import Normalize
 from ..errors import VitlabError
 from .base import Task, mean_std, refuse_classification_options
+from .classification import LabelledImageBatches
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class DINOObjective:
         return loss, {}
 
 
-class SelfSupervisedTask(Task):
+class SelfSupervisedTask(LabelledImageBatches, Task):
     name = "self_supervised"
     primary_metric = "val_knn_top1"
     epoch_metrics = ("val_knn_top1", "teacher_entropy", "teacher_kl_uniform", "top_prototype_share")
@@ -130,14 +130,6 @@ class SelfSupervisedTask(Task):
         data = build_data(cfg.data, image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
         data.val.bank = data.train                # the k-NN memory bank (evaluate gets only the val split)
         return data
-
-    def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
-        return num_batches(data.train, batch_size, drop_last=True, world_size=world_size)
-
-    def train_batches(self, data: Any, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
-                      world_size: int = 1, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        return batches(data.train, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True,
-                       num_workers=workers, rank=rank, world_size=world_size)
 
     def augment(self, cfg: Any, model: nn.Module, data: Any, image_size: int) -> nn.Module:
         c = model.cfg
