@@ -296,25 +296,28 @@ def dino_vit_tiny_patch8_64(**kw: Any) -> DINO:
 
 
 # The released DINO models (facebookresearch/dino): K = 65536, head 2048 / 256, local crops 96 px.
+RELEASED = dict(out_dim=65536, local_size=96, num_local_crops=10)
+
+
 @register_model(task="self_supervised")
 def dino_vit_small_patch16_224(**kw: Any) -> DINO:
     """DINO ViT-S/16 (the `dino_deitsmall16` release)."""
-    return _dino("vit_small_patch16_224", 224, kw, out_dim=65536, local_size=96, num_local_crops=10)
+    return _dino("vit_small_patch16_224", 224, kw, **RELEASED)
 
 
 @register_model(task="self_supervised")
 def dino_vit_small_patch8_224(**kw: Any) -> DINO:
     """DINO ViT-S/8 (the `dino_deitsmall8` release)."""
-    return _dino("vit_small_patch8_224", 224, kw, out_dim=65536, local_size=96, num_local_crops=10)
+    return _dino("vit_small_patch8_224", 224, kw, **RELEASED)
 
 
 @register_model(task="self_supervised")
 def dino_vit_base_patch16_224(**kw: Any) -> DINO:
     """DINO ViT-B/16 (the `dino_vitbase16` release)."""
-    return _dino("vit_base_patch16_224", 224, kw, out_dim=65536, local_size=96, num_local_crops=10)
+    return _dino("vit_base_patch16_224", 224, kw, **RELEASED)
 
 
 @register_model(task="self_supervised")
 def dino_vit_base_patch8_224(**kw: Any) -> DINO:
     """DINO ViT-B/8 (the `dino_vitbase8` release)."""
-    return _dino("vit_base_patch8_224", 224, kw, out_dim=65536, local_size=96, num_local_crops=10)
+    return _dino("vit_base_patch8_224", 224, kw, **RELEASED)
