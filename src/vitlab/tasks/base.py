@@ -31,6 +31,11 @@ class Task:
     def build_data(self, cfg: Any, image_size: int) -> Any:
         raise NotImplementedError
 
+    def model_args(self, data: Any) -> dict[str, Any]:
+        """Constructor arguments the data decides (a CLIP model's vocabulary size and end-of-text id); the
+        trainer builds the model with them, under the user's --model-arg. None by default."""
+        return {}
+
     def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
         raise NotImplementedError
 

@@ -2,7 +2,7 @@
 
 Data: vitlab.data.image_text (`scenes`, a CSV filepath,caption, a COCO captions JSON). A target is the caption's
 token ids (B, L); the tokenizer is a word-level vocabulary of the training captions (or the --checkpoint's own),
-built in build_data, which also tells the model its vocabulary size and end-of-text id (cfg.model_args), and is
+built in build_data (model_args gives the model its vocabulary size and end-of-text id), and is
 saved with every checkpoint (task_extras) so zero-shot and predict can read prompts.
 
 Metrics (metrics.json): val_i2t_r1/r5/r10 and val_t2i_* (fractions; identical captions count as matches),
@@ -57,14 +57,16 @@ class ContrastiveTask(Task):
             context = int(default_config(cfg.model, **cfg.model_args).get("context_length", 77))
             tok = build_word_level(data.train.captions + [t.format(c) for t in SCENES_TEMPLATES
                                                           for c in data.classes], max_length=context)
-            # the model's vocabulary is the data's: the trainer builds it from cfg.model_args after build_data
-            cfg.model_args = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id, **cfg.model_args}
         data.tokenizer = tok
         data.templates = SCENES_TEMPLATES if data.name == "scenes" else GENERIC_TEMPLATES
         for split in (data.train, data.val):
             split.ids = tok.encode_batch(split.captions, truncate=True)[0]           # (N, L)
             split.tokenizer, split.templates, split.classes = tok, data.templates, data.classes
         return data
+
+    def model_args(self, data: Any) -> dict[str, Any]:
+        """The model's vocabulary is the data's tokenizer's."""
+        return {"vocab_size": data.tokenizer.vocab_size, "eos_id": data.tokenizer.eos_id}
 
     def checkpoint_extras(self, data: Any) -> dict[str, Any]:
         return {"tokenizer": data.tokenizer.to_dict(), "templates": list(data.templates),

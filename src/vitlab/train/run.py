@@ -209,9 +209,11 @@ def log_input_size(data: Any, image_size: int) -> None:
         log.info("%s: images %s, the model's input size", data.name, source)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> torch.nn.Module:
-    """The model to train: fresh, or the --checkpoint's weights adapted to num_classes and image_size."""
-    args = dict(cfg.model_args)
+def build_model(cfg: TrainConfig, num_classes: int, image_size: int,
+                data_args: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The model to train: fresh, or the --checkpoint's weights adapted to num_classes and image_size.
+    data_args: constructor arguments the data decides (Task.model_args), under the user's --model-arg."""
+    args = {**(data_args or {}), **cfg.model_args}
     if cfg.drop_path is not None and "drop_path_rate" in default_config(cfg.model, **args):
         args["drop_path_rate"] = cfg.drop_path
     if cfg.checkpoint:
@@ -328,7 +330,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
 
     data = task.build_data(cfg, image_size)
     log_input_size(data, image_size)
-    model = prepare_model(build_model(cfg, len(data.classes), image_size).to(procs.device), cfg, procs.dist)
+    model = build_model(cfg, len(data.classes), image_size, task.model_args(data))
+    model = prepare_model(model.to(procs.device), cfg, procs.dist)
     if procs.dist.rank:   # the same initial weights everywhere, then each rank its own augmentation/drop-path draws
         torch.manual_seed(cfg.seed + procs.dist.rank)
     extras = task.checkpoint_extras(data)  # e.g. the tokenizer: what the model needs beyond its weights
