@@ -26,3 +26,30 @@ def test_quick_study(quick_all):
     assert hard_cnn["teacher"] == str(out / "teacher-cnn") and hard_cnn["distill"] == "hard"
     assert soft_cnn["distill"] == "soft" and hard_vit["teacher"] == str(out / "teacher-vit")
     assert len({json.dumps(t["model_args"], sort_keys=True) for t in train.values()}) == 1      # one student
+
+
+def test_a_teacher_near_chance_makes_the_distillation_claims_inconclusive():
+    import argparse
+
+    from vitlab.studies.distill import add_arguments, summarize
+    from vitlab.studies.verdict import INCONCLUSIVE, REPRODUCED
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([])
+    args.out = "runs/study-distill"
+
+    def teacher(top1):
+        return {"model": "m", "epochs": 30, "val_top1": top1, "params": 1, "num_classes": 6}
+
+    def runs(values):
+        return [{"val_top1": v, "model": "s", "params": 2, "epochs": 15} for v in values]
+
+    students = {"labels only": runs([40, 41, 42]), "hard, CNN teacher": runs([60, 62, 61]),
+                "soft, CNN teacher": runs([50, 52, 51]), "hard, ViT teacher": runs([45, 46, 44])}
+    good = summarize({"CNN teacher": teacher(90.0), "ViT teacher": teacher(85.0)}, students, args, [0, 1, 2])
+    assert [c["verdict"] for c in good["claims"]] == [REPRODUCED] * 3
+    weak = summarize({"CNN teacher": teacher(27.7), "ViT teacher": teacher(85.0)}, students, args, [0, 1, 2])
+    assert [c["verdict"] for c in weak["claims"]] == [INCONCLUSIVE] * 3
+    assert weak["claims"][0]["undertrained"].endswith("CNN teacher 27.7%")
+    assert weak["claims"][0]["difference"] == good["claims"][0]["difference"] == 20.0

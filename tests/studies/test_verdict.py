@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from vitlab.studies.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SMOKE_TEST, compare, format_mean_std
+from vitlab.studies.verdict import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SMOKE_TEST, compare, format_mean_std,
+                                    undertrained)
 
 
 def test_paired_uses_the_per_seed_differences():
@@ -33,3 +34,20 @@ def test_one_seed_and_quick_mode_give_no_verdict():
 def test_format():
     assert format_mean_std([1.0, 2.0, 3.0], 2) == "2.00 ± 1.00"
     assert format_mean_std([0.5]) == "0.500"
+
+
+def test_undertrained_floor_is_halfway_from_chance_and_names_the_models():
+    # 6 classes: chance 16.7%, floor 58.3%
+    assert undertrained({"ViT": [60.0, 57.0], "ResNet": [90.0, 91.0]}, 6) is None          # mean 58.5 >= floor
+    reason = undertrained({"ViT": [28.0, 29.0], "ResNet": [41.0, 43.0], "hybrid": [70.0]}, 6)
+    assert reason == ("not past chance by a wide margin (floor 58.3%, chance 16.7%): ViT 28.5%, ResNet 42.0%")
+
+
+def test_undertrained_models_make_any_difference_inconclusive():
+    a, b = [0.9, 0.91, 0.92], [0.1, 0.11, 0.12]                    # far apart: reproduced on the numbers alone
+    assert compare(a, b, paired=True)["verdict"] == REPRODUCED
+    result = compare(a, b, paired=True, undertrained="ViT at chance")
+    assert result["verdict"] == INCONCLUSIVE and result["undertrained"] == "ViT at chance"
+    assert result["difference"] == pytest.approx(0.8)              # the numbers are still reported
+    quick = compare(a, b, paired=True, quick=True, undertrained="ViT at chance")
+    assert quick["verdict"] == SMOKE_TEST and "undertrained" not in quick
