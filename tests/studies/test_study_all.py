@@ -9,7 +9,8 @@ from vitlab.studies import available_studies
 from vitlab.studies.course import PAGE, claims_of, render_claims, table_rows
 from vitlab.studies.verdict import SMOKE_TEST
 
-CLASSIFICATION_STUDIES = {"attention-distance", "complexity", "distill", "robustness", "stn", "pos-embed", "scaling"}
+CLASSIFICATION_STUDIES = {"attention-distance", "complexity", "distill", "robustness", "stn", "pos-embed", "scaling",
+                          "architectures", "hybrid"}
 
 
 def test_every_study_runs_quick_and_reports_no_verdict(quick_all):
