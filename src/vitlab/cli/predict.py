@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="detection: lowest score kept (0-1)")
     p.add_argument("--text", action="append", default=None, type=text_arg,
                    help="CLIP: a text prompt to score each image against (repeat; default: the class prompts)")
+    p.add_argument("--beam-size", type=int_arg(at_least=1), default=None,
+                   help="captioning/translation: beam width (1 = greedy; default: captioning greedy, translation "
+                        "the model's)")
+    p.add_argument("--length-penalty", type=float_arg(at_least=0.0), default=None,
+                   help="captioning/translation beam search: GNMT length penalty alpha (default 0.6)")
     p.add_argument("--out", default=None, type=text_arg,
                    help="detection/segmentation: where the PNGs (and detections.json, masks) go (default runs/predict)")
     p.add_argument("--device", type=device_arg, default="cpu")
@@ -33,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import VitlabError
     from ..predict import Predictor
     from ..tasks import get_task, task_of
+    from ..tasks.base import decoding_options
 
     if args.top_k < 1:
         raise VitlabError(f"--top-k must be at least 1, got {args.top_k}")
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if task.name != "contrastive":
             raise VitlabError(f"--text: only for CLIP (contrastive) checkpoints; this one is {task.name}")
         texts = {"texts": args.text}
+    decoding = decoding_options(task, getattr(args, "beam_size", None), getattr(args, "length_penalty", None))
     for line in task.predict(pred, args.images, out=args.out, top_k=args.top_k, threshold=args.threshold,
-                             **texts):
+                             **texts, **decoding):
         print(line)
     return 0

@@ -3,6 +3,7 @@ and (for `scenes`) each object's shape, colour and mask, which the attention gro
 caption names the objects left to right (reading_order_caption: scenes' own grammar, a visible order).
 
     bundle = build_caption_data("scenes", 64)                 # generated; or a captions file / folder (below)
+    bundle = build_caption_data("scenes:1500,200", 64)        # 1500 training / 200 validation scenes
     for images, targets in caption_batches(bundle.train, bundle.tokenizer, 64, shuffle=True, epoch=1):
         ...   # images uint8 (B, 3, S, S); targets["ids"] (B, L) long: bos, words, eos, pad
 
@@ -83,8 +84,9 @@ def build_caption_data(spec: str, image_size: int, *, seed: int = 0, val_fractio
     """`scenes` (generated from seed; n_train / n_val images, default SCENES_TRAIN / SCENES_VAL) or a captions
     file / folder (module docstring). The tokenizer is a word-level vocabulary of the training captions with
     `max_length` tokens at most (longer captions are cut, eos kept)."""
-    if spec == "scenes":
-        train, val = _scenes_sets(image_size, seed, n_train or SCENES_TRAIN, n_val or SCENES_VAL)
+    if spec == "scenes" or spec.startswith("scenes:"):
+        sizes = scenes_sizes(spec)
+        train, val = _scenes_sets(image_size, seed, n_train or sizes[0], n_val or sizes[1])
         skipped: list[str] = []
         name = "scenes"
     else:
@@ -94,6 +96,20 @@ def build_caption_data(spec: str, image_size: int, *, seed: int = 0, val_fractio
     if skipped:
         log.warning("%s: skipped %d bad caption rows (first: %s)", name, len(skipped), skipped[0])
     return CaptionBundle(train, val, tokenizer, name, skipped, f"{image_size}x{image_size}")
+
+
+def scenes_sizes(spec: str) -> tuple[int, int]:
+    """(training, validation) images of a `scenes`, `scenes:N` or `scenes:N,M` spec (defaults SCENES_TRAIN /
+    SCENES_VAL)."""
+    parts = spec.split(":", 1)[1].split(",") if ":" in spec else []
+    try:
+        sizes = [int(v) for v in parts]
+    except ValueError:
+        sizes = []
+    if parts and (len(sizes) not in (1, 2) or min(sizes) < 1):
+        raise VitlabError(f"{spec!r}: scenes captions are 'scenes', 'scenes:N' or 'scenes:N,M' (N training, "
+                          "M validation images, each at least 1)")
+    return (sizes[0] if sizes else SCENES_TRAIN), (sizes[1] if len(sizes) == 2 else SCENES_VAL)
 
 
 def caption_batches(dataset: CaptionSet, tokenizer: TextTokenizer, batch_size: int, *, shuffle: bool,

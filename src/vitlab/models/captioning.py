@@ -141,6 +141,8 @@ class Captioner(nn.Module):
             raise VitlabError(f"decoder must be 'transformer' or 'lstm', got {cfg.decoder!r}")
         if cfg.num_classes < 5:
             raise VitlabError(f"a captioner needs a vocabulary (num_classes) of at least 5, got {cfg.num_classes}")
+        if not cfg.doubly_stochastic >= 0:                  # NaN too
+            raise VitlabError(f"doubly_stochastic (eq. 14's lambda) must be >= 0, got {cfg.doubly_stochastic}")
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.encoder = ImageEncoder(cfg)

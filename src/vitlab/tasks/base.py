@@ -24,6 +24,7 @@ class Task:
     primary_metric: str = ""                 # the metrics.json key a run is judged by (e.g. "val_top1")
     epoch_metrics: tuple[str, ...] = ()      # evaluate() keys logged per epoch in metrics.csv
     takes_images: bool = True                # False: text in (translation); no input size, no normalisation
+    decodes_text: bool = False               # True: predict/evaluate take beam_size= and length_penalty=
 
     def check_config(self, cfg: Any) -> None:
         """Refuse training options that make no sense for the task (one clear line)."""
@@ -138,3 +139,19 @@ def refuse_other_tasks_options(task: Task, cfg: Any) -> None:
         owners = sorted({o for name in refused for o in TASK_OPTIONS[name][1]})
         flags = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise VitlabError(f"{flags}: {' and '.join(owners)}-only; {cfg.model} is a {task.name} model")
+
+
+def decoding_options(task: Task, beam_size: int | None, length_penalty: float | None) -> dict[str, Any]:
+    """`--beam-size` / `--length-penalty` of predict and eval as keyword arguments of task.predict / task.evaluate
+    ({} when neither is given: the task's own decoding). Refused in one line for a task that decodes no text, a
+    width below 1, or a length penalty with greedy decoding (beam 1), where it would change nothing."""
+    given = {k: v for k, v in (("beam_size", beam_size), ("length_penalty", length_penalty)) if v is not None}
+    if given and not task.decodes_text:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise VitlabError(f"{flags}: captioning and translation only (text decoding); this checkpoint is a "
+                          f"{task.name} model")
+    if beam_size is not None and beam_size < 1:
+        raise VitlabError(f"--beam-size must be at least 1, got {beam_size}")
+    if length_penalty is not None and beam_size == 1:
+        raise VitlabError("--length-penalty: beam search only; --beam-size 1 is greedy decoding")
+    return given

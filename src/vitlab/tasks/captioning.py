@@ -204,6 +204,7 @@ class CaptioningTask(Task):
     name = "captioning"
     primary_metric = "val_bleu4"
     epoch_metrics = EPOCH_METRICS
+    decodes_text = True
 
     def __init__(self, beam_size: int = 1, report_images: int = 3) -> None:
         self.beam_size = beam_size              # 1 = greedy (evaluation and predict)
@@ -212,6 +213,12 @@ class CaptioningTask(Task):
     def check_config(self, cfg: Any) -> None:
         refuse_classification_options(cfg, "captioning", "none: a flip or crop would contradict the captions' "
                                       "left/right/above/below")
+        if "doubly_stochastic" in cfg.model_args:
+            from ..registry import default_config
+
+            if default_config(cfg.model, **cfg.model_args).get("decoder") != "lstm":
+                raise VitlabError(f"--model-arg doubly_stochastic: the LSTM decoder's attention regulariser (eq. 14); "
+                                  f"{cfg.model} has a transformer decoder")
 
     def build_data(self, cfg: Any, image_size: int) -> Any:
         from ..data.captions import build_caption_data
@@ -251,9 +258,12 @@ class CaptioningTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, device: torch.device, precision: str = "fp32",
-                 batch_size: int = 128, workers: int = 0) -> dict[str, Any]:
-        """Scores of greedy captions over `dataset` (module docstring), val_loss (teacher-forced CE, no
-        smoothing) and `samples`: the first captions with their attention, for the report."""
+                 batch_size: int = 128, workers: int = 0, *, beam_size: int | None = None,
+                 length_penalty: float = 0.6) -> dict[str, Any]:
+        """Scores of the captions over `dataset` (module docstring; greedy unless beam_size > 1, default the
+        task's), val_loss (teacher-forced CE, no smoothing) and `samples`: the first captions with their
+        attention, for the report."""
+        beam_size = self.beam_size if beam_size is None else beam_size
         from ..text.tokenizer import pad_ids
 
         if not len(dataset):
@@ -274,7 +284,8 @@ class CaptioningTask(Task):
                 ids = ids.to(device)
                 with autocast(device, precision):
                     loss, _ = objective(model, x, {"ids": ids})
-                    captions += generate_captions(model, x, tok, beam_size=self.beam_size)
+                    captions += generate_captions(model, x, tok, beam_size=beam_size,
+                                                  length_penalty=length_penalty)
                 n = int((ids[:, 1:] != tok.pad_id).sum())
                 loss_sum, tokens = loss_sum + float(loss) * n, tokens + n
         finally:
@@ -327,14 +338,16 @@ class CaptioningTask(Task):
         return [caption_figure(images, caps, model.grid_size, out / "captioning_attention.png", truth=truth)]
 
     def predict(self, predictor: Any, paths: list[str], *, out: Path | None = None, top_k: int = 5,
-                threshold: float = 0.5) -> list[str]:
-        """One line per image: its caption (greedy). With `out`, OUT/captions.json as well."""
+                threshold: float = 0.5, beam_size: int | None = None, length_penalty: float = 0.6) -> list[str]:
+        """One line per image: its caption (greedy unless beam_size > 1; default the task's). With `out`,
+        OUT/captions.json as well."""
+        beam_size = self.beam_size if beam_size is None else beam_size
         model = predictor.model
         tok = caption_tokenizer(model)
         images = predictor.load_images(paths)
         with autocast(predictor.device, predictor.precision):
             caps = generate_captions(model, predictor.normalize(images.to(predictor.device)), tok,
-                                     beam_size=self.beam_size)
+                                     beam_size=beam_size, length_penalty=length_penalty)
         if out is not None:
             from ..io import write_json
 

@@ -53,6 +53,7 @@ class TranslationTask(Task):
     primary_metric = "val_exact"
     epoch_metrics = EPOCH_METRICS
     takes_images = False
+    decodes_text = True
 
     def check_config(self, cfg: Any) -> None:
         refuse_classification_options(cfg, "translation", "none: sentences are read as they are")
@@ -123,9 +124,11 @@ class TranslationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, device: torch.device, precision: str = "fp32",
-                 batch_size: int = 256, workers: int = 0) -> dict[str, Any]:
-        """Greedy translations of the split: val_exact (%), val_bleu (sacrebleu corpus BLEU), val_loss (token
-        cross-entropy without smoothing, teacher-forced), and `samples` (source, reference, hypothesis) x 8."""
+                 batch_size: int = 256, workers: int = 0, *, beam_size: int = 1,
+                 length_penalty: float | None = None) -> dict[str, Any]:
+        """Translations of the split (greedy unless beam_size > 1; length_penalty: default the model's):
+        val_exact (%), val_bleu (sacrebleu corpus BLEU), val_loss (token cross-entropy without smoothing,
+        teacher-forced), and `samples` (source, reference, hypothesis) x 8."""
         if not len(dataset):
             raise VitlabError("the validation set is empty")
         tok = _tokenizer(model)
@@ -140,7 +143,7 @@ class TranslationTask(Task):
                 src, src_mask, tgt = src.to(device), src_mask.to(device), tgt.to(device)
                 with autocast(device, precision):
                     logits = model(src, tgt[:, :-1], src_mask)["logits"].float()
-                    ids = model.generate(src, src_mask, beam_size=1)
+                    ids = model.generate(src, src_mask, beam_size=beam_size, length_penalty=length_penalty)
                 nll_sum += float(F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(),
                                                  ignore_index=tok.pad_id, reduction="sum"))
                 tokens += int((tgt[:, 1:] != tok.pad_id).sum())
@@ -171,11 +174,13 @@ class TranslationTask(Task):
         return [out / "translations.txt", Path(figure)]
 
     def predict(self, predictor: Any, paths: list[str], *, out: Path | None = None, top_k: int = 5,
-                threshold: float = 0.5) -> list[str]:
-        """The inputs are sentences; returns one translation per sentence (beam search, the model's beam)."""
+                threshold: float = 0.5, beam_size: int | None = None,
+                length_penalty: float | None = None) -> list[str]:
+        """The inputs are sentences; returns one translation per sentence (beam search; width and length
+        penalty default the model's config, beam_size 1 is greedy)."""
         model = predictor.model
         check_sentences(_tokenizer(model), paths)
-        return model.translate(list(paths))
+        return model.translate(list(paths), beam_size=beam_size, length_penalty=length_penalty)
 
     def explain(self, model: nn.Module, inputs: list[str], out: Path, *, data: str | None = None,
                 samples: int = 4) -> dict[str, Any]:
