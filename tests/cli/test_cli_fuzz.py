@@ -39,7 +39,8 @@ BASE = {
     "data export": ["data", "export", "scenes", "{out}/scenes"],
     **{f"study {name}": ["study", name, "--out", "{out}/study"]
        for name in ("attention-distance", "complexity", "distill", "robustness", "segmentation", "stn", "all",
-                    "dino", "pos-embed", "scaling")},
+                    "dino", "pos-embed", "scaling", "resolution", "shape-texture", "architectures", "hybrid",
+                    "video-retrieval", "data-efficiency", "captioning")},
     "serve": ["serve", "--checkpoint", "{ck}", "--port", "0"],
     "zero-shot": ["zero-shot", "--checkpoint", "{ck}"],
 }
@@ -60,9 +61,11 @@ TABLE: dict[str, dict[str, list[str]]] = {
         "--ce-weight": NON_NEGATIVE_FLOAT, "--dice-weight": NON_NEGATIVE_FLOAT,
     },
     "eval": {"--checkpoint": TEXT, "--data": TEXT, "--split": CHOICE, "--batch-size": POSITIVE_INT,
-             "--device": DEVICE, "--precision": CHOICE, "--protocol": CHOICE},
+             "--device": DEVICE, "--precision": CHOICE, "--protocol": CHOICE, "--beam-size": POSITIVE_INT,
+             "--length-penalty": NON_NEGATIVE_FLOAT},
     "predict": {"--checkpoint": TEXT, "images": TEXT, "--top-k": POSITIVE_INT, "--threshold": FRACTION,
-                "--out": TEXT, "--device": DEVICE, "--runtime": CHOICE, "--precision": CHOICE, "--text": TEXT},
+                "--out": TEXT, "--device": DEVICE, "--runtime": CHOICE, "--precision": CHOICE, "--text": TEXT,
+                "--beam-size": POSITIVE_INT, "--length-penalty": NON_NEGATIVE_FLOAT},
     "zero-shot": {"--checkpoint": TEXT, "--data": TEXT, "--classes": TEXT, "--template": TEXT, "--split": CHOICE,
                   "--device": DEVICE, "--precision": CHOICE},
     "models": {"pattern": ["", "zzz*"]},
@@ -92,7 +95,8 @@ TABLE: dict[str, dict[str, list[str]]] = {
                          "--out": TEXT},
     "study distill": {"--data": TEXT, "--img-size": POSITIVE_INT, "--teacher": TEXT, "--patch": POSITIVE_INT,
                       "--depth": POSITIVE_INT, "--epochs": POSITIVE_INT, "--teacher-epochs": POSITIVE_INT,
-                      "--train-per-class": POSITIVE_INT, "--vit-teacher": TEXT,
+                      "--train-per-class": POSITIVE_INT, "--vit-teacher": TEXT, "--teacher-lr": POSITIVE_FLOAT,
+                      "--teacher-per-class": POSITIVE_INT,
                       "--seed": NON_NEGATIVE_INT, "--seeds": POSITIVE_INT, "--out": TEXT},
     "study robustness": {"--data": TEXT, "--img-size": POSITIVE_INT, "--vit": TEXT, "--resnet": TEXT,
                          "--epochs": POSITIVE_INT, "--eval-images": POSITIVE_INT, "--attack-images": POSITIVE_INT,
@@ -105,6 +109,15 @@ TABLE: dict[str, dict[str, list[str]]] = {
                         "--seed": NON_NEGATIVE_INT, "--out": TEXT},
     "study scaling": {"--batch-size": POSITIVE_INT, "--repeats": POSITIVE_INT, "--seeds": POSITIVE_INT,
                       "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+    "study resolution": {"--data": TEXT, "--train-size": POSITIVE_INT, "--high-size": POSITIVE_INT,
+                         "--test-sizes": INT_LIST, "--train-per-class": POSITIVE_INT, "--epochs": POSITIVE_INT,
+                         "--finetune-epochs": POSITIVE_INT, "--finetune-lr": POSITIVE_FLOAT,
+                         "--margin": NON_NEGATIVE_FLOAT, "--vit": TEXT, "--cpvt": TEXT, "--seeds": POSITIVE_INT,
+                         "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+    "study shape-texture": {"--classes": ["1", "7", "1.5", "nan", "x", ""], "--img-size": POSITIVE_INT,
+                            "--train-per-class": POSITIVE_INT, "--test-per-class": POSITIVE_INT, "--vit": TEXT,
+                            "--resnet": TEXT, "--epochs": POSITIVE_INT, "--seeds": POSITIVE_INT,
+                            "--seed": NON_NEGATIVE_INT, "--out": TEXT},
     "serve": {"--checkpoint": TEXT, "--host": TEXT, "--port": ["-1", "65536", "1.5", "nan", "x", ""],
               "--max-upload-mb": ["0", "-1", "1025", "nan", "x", ""]},
     "study segmentation": {"--data": TEXT, "--budget": ["0", "-1", "nan", "inf", "x", ""], "--seeds": POSITIVE_INT,
@@ -113,10 +126,26 @@ TABLE: dict[str, dict[str, list[str]]] = {
     "study dino": {"--model": TEXT, "--train-images": ["7", "0", "nan", "x", ""], "--epochs": POSITIVE_INT,
                    "--batch-size": ["1", "0", "nan", "x", ""], "--lr": POSITIVE_FLOAT, "--seeds": POSITIVE_INT,
                    "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+    "study architectures": {"--data": TEXT, "--img-size": POSITIVE_INT, "--train-per-class": POSITIVE_INT,
+                            "--epochs": POSITIVE_INT, "--batch-size": POSITIVE_INT, "--repeats": POSITIVE_INT,
+                            "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+    "study hybrid": {"--data": TEXT, "--img-size": POSITIVE_INT, "--train-per-class": POSITIVE_INT,
+                     "--budgets": ["0", "-1", "nan", "inf", "10,10", "x", ""], "--seeds": POSITIVE_INT,
+                     "--seed": NON_NEGATIVE_INT, "--out": TEXT},
     "study stn": {"--data": CHOICE, "--epochs": POSITIVE_INT, "--batch-size": POSITIVE_INT,
                   "--lr": POSITIVE_FLOAT, "--heads": POSITIVE_INT, "--canvas": ["7", "0", "nan", "x", ""],
                   "--crop": ["7", "0", "nan", "x", ""], "--max-rotation": ["-1", "181", "nan", "inf", "x", ""],
                   "--seed": NON_NEGATIVE_INT, "--seeds": POSITIVE_INT, "--out": TEXT},
+    "study data-efficiency": {"--fractions": ["0,1", "1.5,1", "0.5", "0.5,0.5", "x", ""],
+                              "--train-per-class": POSITIVE_INT, "--val-per-class": POSITIVE_INT,
+                              "--epochs": POSITIVE_INT, "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT,
+                              "--out": TEXT},
+    "study video-retrieval": {"--data": TEXT, "--frames": ["1", "33", "1.5", "nan", "x", ""], "--epochs": POSITIVE_INT,
+                              "--batch-size": ["1", "0", "nan", "x", ""], "--lr": POSITIVE_FLOAT, "--loss": CHOICE,
+                              "--margin": ["-1", "2.5", "nan", "inf", "x", ""], "--seed": NON_NEGATIVE_INT,
+                              "--seeds": POSITIVE_INT, "--out": TEXT},
+    "study captioning": {"--data": TEXT, "--epochs": POSITIVE_INT, "--batch-size": POSITIVE_INT,
+                         "--lr": POSITIVE_FLOAT, "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT, "--out": TEXT},
 }
 
 POSITIONAL = {("predict", "images"): 3, ("explain", "images"): 4, ("info", "model"): 1, ("convert", "src"): 1,
@@ -155,7 +184,7 @@ def files(tmp_path_factory):
 
 
 def test_table_size():
-    assert len(CASES) == 847          # the figure the README quotes
+    assert len(CASES) == 1207         # the figure the README quotes
 
 
 @pytest.mark.parametrize("command,option,value", CASES, ids=[f"{c}|{o}={v!r}" for c, o, v in CASES])

@@ -100,7 +100,6 @@ def test_study_quick_mode(tmp_path):
 
 def test_explain_shows_the_cls_attention_of_dino_and_supervised_models(tmp_path, capsys):
     from vitlab.checkpoint import save_model
-    from vitlab.data.shapes import SHAPE_CLASSES
 
     dino = vitlab.create_model("dino_vit_micro_patch4_32", **SMALL)
     save_model(dino, tmp_path / "dino", data="scenes:8")

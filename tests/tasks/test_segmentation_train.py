@@ -118,7 +118,8 @@ def test_loss_weights_reach_the_objective_and_other_tasks_refuse_them(capsys):
     torch.testing.assert_close(parts["ce"], SegmentationLoss()(logits, y)[1]["ce"])
     assert main(["train", "--model", "vit_micro_patch2_8", "--dice-weight", "2", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["vitlab train: error: --dice-weight: segmentation-only; vit_micro_patch2_8 is a classification model"]
+    assert err == ["vitlab train: error: --dice-weight: segmentation-only; "
+                   "vit_micro_patch2_8 is a classification model"]
     assert main(["train", "--model", "unet_small_64", "--ce-weight", "0", "--dice-weight", "0",
                  "--out", "/nonexistent/x"]) == 2
     assert "both 0" in capsys.readouterr().err
