@@ -1,6 +1,7 @@
 """`vitlab explain --checkpoint RUN_DIR_OR_MODEL IMAGE... --out DIR`: attention maps, rollout, attention distance,
 position-embedding similarity, patch-embedding filters, per-patch logits and Itti-Koch saliency as an HTML report;
-for a DETR detector, each detected object's decoder cross-attention and the encoder's self-attention instead."""
+for a DETR detector, each detected object's decoder cross-attention and the encoder's self-attention instead; for a
+CLIP model, the image tower's rollout, a text-conditioned map per --text prompt and the images x prompts similarity."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion")
     p.add_argument("--discard-ratio", type=float_arg(at_least=0.0, below=1.0), default=0.0,
                    help="rollout: fraction of the lowest attention weights zeroed per layer (default 0)")
+    p.add_argument("--text", action="append", default=None, type=text_arg, metavar="PROMPT",
+                   help="CLIP: a prompt for the text-conditioned map and the similarity matrix (repeat; default: "
+                        "the checkpoint's class prompts)")
     p.add_argument("--threshold", type=float_arg(at_least=0.0, at_most=1.0), default=0.5,
                    help="detection: score above which a query is a detected object whose attention is drawn")
     p.set_defaults(func=run)
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = explain_checkpoint(args.checkpoint, args.images, args.out, data=args.data, samples=args.samples,
                                  class_name=args.class_name, layers=args.layers, head_fusion=args.head_fusion,
-                                 discard_ratio=args.discard_ratio, threshold=args.threshold)
+                                 discard_ratio=args.discard_ratio, threshold=args.threshold, texts=args.text)
     for line in summary.get("lines", []):                   # a task's own explanation (translation)
         print(line)
     for p in summary.get("predictions", []):

@@ -1,6 +1,7 @@
 """Writing checkpoints: a vitlab model as an HF transformers directory.
 
-    save_hf(model, dir)                       -> config.json + model.safetensors (+ preprocessor_config.json)
+    save_hf(model, dir)                       -> config.json + model.safetensors (+ preprocessor_config.json,
+                                                 + a CLIP's tokenizer files)
 
 `vitlab convert` end to end (read any format, write vitlab or HF) is vitlab.checkpoint.convert_checkpoint.
 """
@@ -26,4 +27,6 @@ def save_hf(model: nn.Module, directory: str | Path) -> Path:
     write_json(directory / CONFIG, {**config, "torch_dtype": "float32"})
     if preprocessor:
         write_json(directory / PREPROCESSOR, preprocessor)
+    if arch.write_files is not None:
+        arch.write_files(model, directory)
     return directory

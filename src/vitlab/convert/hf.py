@@ -42,6 +42,7 @@ class HFArchitecture:
     read: Callable[[HFConfig, dict[str, Tensor], Path], Checkpoint]   # on-disk weights -> vitlab Checkpoint
     write: Callable[[nn.Module], tuple[HFConfig, dict[str, Tensor], HFConfig]] | None = None
     can_write: Callable[[nn.Module], bool] | None = None              # does `write` handle this vitlab model?
+    write_files: Callable[[nn.Module, Path], list[Path]] | None = None   # further files (a CLIP's tokenizer)
 
 
 HF_ARCHITECTURES: dict[str, HFArchitecture] = {}

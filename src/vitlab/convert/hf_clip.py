@@ -10,6 +10,7 @@ which, so logits equal theirs on any ids.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from ..errors import VitlabError
 from . import FORMATS, Checkpoint, Format, register_format
 from ._keymap import KeyTable, count_blocks, fuse_qkv, rename, rename_or_raise, split_qkv
 from .hf import HFArchitecture, HFConfig, register_hf_architecture
+from .hf_tokenizer import eos_swap, swapped, write_hf_tokenizer
 from .safe_load import TORCH_SUFFIXES, load_state_file
+
+log = logging.getLogger(__name__)
 
 _HV, _OV = "vision_model.encoder.layers.{i}", "visual.blocks.{i}"
 _HT, _OT = "text_model.encoder.layers.{i}", "text.encoder.layers.{i}"
@@ -124,12 +128,12 @@ def _ours_to_foreign_shapes(sd: dict[str, Tensor], openai: bool) -> dict[str, Te
 
 
 def _tokenizer_extras(path: Path, context_length: int) -> dict[str, Any]:
-    """task_extras of a directory that holds CLIP tokenizer files (else {})."""
-    from ..text.clip_bpe import load_clip_bpe
+    """task_extras of a directory that holds tokenizer files (else {}): CLIP's BPE, or the tokenizer.json that
+    `--to hf` writes for a word-level vocabulary (vitlab.convert.hf_tokenizer)."""
+    from .hf_tokenizer import read_hf_tokenizer
 
-    if not ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
-        return {}
-    return {"task_extras": {"tokenizer": load_clip_bpe(path, max_length=context_length).to_dict()}}
+    tok = read_hf_tokenizer(path, context_length)
+    return {"task_extras": {"tokenizer": tok.to_dict()}} if tok is not None else {}
 
 
 # --- HF transformers ---------------------------------------------------------------------------------------------
@@ -179,12 +183,16 @@ def clip_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]
     name = getattr(model, "vitlab_name", "model")
     if c.text_pool == "argmax" and c.eos_id != 2:
         raise VitlabError(f"{name}: pools text at argmax(ids), which transformers does only with eos_token_id 2")
-    if c.text_pool == "eos" and c.eos_id == 2:
-        raise VitlabError(f"{name}: eos id 2 makes transformers pool at argmax(ids) instead of the eos token")
+    swap = _eos_swap(model)
     sd = _ours_to_foreign_shapes(split_qkv(dict(model.state_dict())), openai=False)
     weights, unknown = rename(sd, HF_CLIP_KEYS, reverse=True)
     if unknown:
         raise VitlabError(f"{name}: no transformers name for {', '.join(unknown)}")
+    if swap is not None:                    # eos 2 -> V - 1 (and that word -> 2), as write_clip_tokenizer does
+        order = torch.arange(c.vocab_size)
+        order[list(swap)] = torch.tensor(swap[::-1])
+        key = "text_model.embeddings.token_embedding.weight"
+        weights[key] = weights[key][order].contiguous()
     common = {"hidden_act": c.act, "layer_norm_eps": c.norm_eps, "attention_dropout": 0.0,
               "initializer_range": 0.02, "initializer_factor": 1.0}
     config: HFConfig = {
@@ -193,7 +201,8 @@ def clip_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]
         "text_config": {**common, "model_type": "clip_text_model", "vocab_size": c.vocab_size,
                         "hidden_size": c.text_dim, "intermediate_size": int(c.text_dim * c.text_mlp_ratio),
                         "num_hidden_layers": c.text_depth, "num_attention_heads": c.text_heads,
-                        "max_position_embeddings": c.context_length, "eos_token_id": c.eos_id,
+                        "max_position_embeddings": c.context_length, "eos_token_id": swapped(c.eos_id, swap),
+                        **_special_ids(model, swap),
                         "projection_dim": c.embed_dim},
         "vision_config": {**common, "model_type": "clip_vision_model", "hidden_size": c.vision_dim,
                           "intermediate_size": int(c.vision_dim * c.vision_mlp_ratio),
@@ -210,7 +219,47 @@ def clip_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]
     return config, weights, preprocessor
 
 
-register_hf_architecture(HFArchitecture("clip", clip_from_hf, clip_to_hf, can_write_clip))
+def _model_tokenizer(model: nn.Module) -> Any:
+    """The tokenizer a CLIP model was trained or converted with, or None (a fresh model)."""
+    from ..tasks.contrastive import clip_tokenizer
+
+    try:
+        return clip_tokenizer(model)
+    except VitlabError:
+        return None
+
+
+def _eos_swap(model: nn.Module) -> tuple[int, int] | None:
+    """The ids exchanged on export (vitlab.convert.hf_tokenizer.eos_swap); VitlabError when eos is 2 and there is
+    no tokenizer to renumber with the embedding."""
+    c = model.cfg
+    swap = eos_swap(c.eos_id, c.vocab_size) if c.text_pool == "eos" else None
+    if swap is not None and _model_tokenizer(model) is None:
+        raise VitlabError(f"{getattr(model, 'vitlab_name', 'model')}: eos id 2 makes transformers pool at "
+                          "argmax(ids) instead of the eos token, and without the model's tokenizer its ids cannot "
+                          "be renumbered")
+    return swap
+
+
+def _special_ids(model: nn.Module, swap: tuple[int, int] | None) -> dict[str, int]:
+    tok = _model_tokenizer(model)
+    if tok is None:
+        return {}
+    return {"bos_token_id": swapped(tok.bos_id, swap), "pad_token_id": swapped(tok.pad_id, swap)}
+
+
+def write_clip_tokenizer(model: nn.Module, directory: Path) -> list[Path]:
+    """`--to hf`: the model's tokenizer beside the weights (none for a fresh model), renumbered as the weights."""
+    tok = _model_tokenizer(model)
+    if tok is None:
+        log.info("%s: no tokenizer to write (the HF directory holds config and weights only)",
+                 getattr(model, "vitlab_name", "model"))
+        return []
+    return write_hf_tokenizer(tok, directory, model.cfg.context_length, _eos_swap(model))
+
+
+register_hf_architecture(HFArchitecture("clip", clip_from_hf, clip_to_hf, can_write_clip,
+                                        write_files=write_clip_tokenizer))
 
 
 # --- OpenAI / open_clip state dicts ------------------------------------------------------------------------------

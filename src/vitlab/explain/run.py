@@ -81,17 +81,22 @@ def class_index(name: str | None, classes: Sequence[str], num_classes: int) -> i
 def explain_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out: str | Path, *,
                        data: str | None = None, samples: int = 4, class_name: str | None = None,
                        layers: Sequence[int] | None = None, head_fusion: str = "mean",
-                       discard_ratio: float = 0.0, threshold: float = 0.5) -> dict[str, Any]:
+                       discard_ratio: float = 0.0, threshold: float = 0.5,
+                       texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Load, gather, explain: writes out/index.html and the PNGs, returns the summary. With no image and no
     `data`, a run directory's own data (its config.json's "data") gives the validation images. A detector (DETR)
     takes detection data for `data` and `threshold`; class_name, layers (None: chosen from the depth,
-    default_layers), head_fusion and discard_ratio are a classifier's."""
+    default_layers), head_fusion and discard_ratio are a classifier's; `texts` (prompts) a CLIP model's."""
     from .detr import gather_detection_images, is_detector
 
     from ..tasks import task_of
 
     model = load_explain_model(checkpoint)
-    own = task_of(model).explain(model, [str(i) for i in images], Path(out), data=data, samples=samples)
+    task = task_of(model)
+    if texts and not task.explains_texts:
+        raise VitlabError(f"--text: only for CLIP (contrastive) checkpoints; this one is {task.name}")
+    prompts = {"texts": list(texts)} if texts else {}
+    own = task.explain(model, [str(i) for i in images], Path(out), data=data, samples=samples, **prompts)
     if own is not None:                  # a task with figures of its own (translation: cross-attention alignment)
         return own
     meta = getattr(model, "vitlab_meta", None) or {}

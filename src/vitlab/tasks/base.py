@@ -25,6 +25,7 @@ class Task:
     epoch_metrics: tuple[str, ...] = ()      # evaluate() keys logged per epoch in metrics.csv
     takes_images: bool = True                # False: text in (translation); no input size, no normalisation
     decodes_text: bool = False               # True: predict/evaluate take beam_size= and length_penalty=
+    explains_texts: bool = False             # True: explain takes texts= (CLIP: the prompts of `explain --text`)
 
     def check_config(self, cfg: Any) -> None:
         """Refuse training options that make no sense for the task (one clear line)."""

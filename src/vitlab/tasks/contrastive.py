@@ -36,6 +36,7 @@ SCENES_TEMPLATES = tuple(f"a {size} {colour} {{}}" for size in ("small", "large"
 class ContrastiveTask(Task):
     name = "contrastive"
     primary_metric = "val_i2t_r1"
+    explains_texts = True
     epoch_metrics = ("val_i2t_r1", "val_i2t_r5", "val_t2i_r1", "val_t2i_r5", "val_mean_rank", "val_zeroshot_top1",
                      "val_compositional_r5")
 
@@ -117,6 +118,14 @@ class ContrastiveTask(Task):
                history: list[dict[str, Any]]) -> list[Path]:
         """similarity.png: the cosine similarities of the first val images and captions."""
         return [plot_similarity(result["similarity"], data.val.captions, out / "similarity.png")]
+
+    def explain(self, model: nn.Module, inputs: list[str], out: Path, *, data: str | None = None,
+                samples: int = 4, texts: Sequence[str] | None = None) -> dict[str, Any]:
+        """Image-tower rollout, a text-conditioned map per prompt and the images x prompts similarity
+        (vitlab.explain.clip); prompts default to the checkpoint's classes."""
+        from ..explain.clip import explain_clip
+
+        return explain_clip(model, inputs, out, texts=texts, data=data, samples=samples)
 
     def predict(self, predictor: Any, paths: list[str], *, out: Path | None = None, top_k: int = 5,
                 threshold: float = 0.5, texts: Sequence[str] | None = None) -> list[str]:
