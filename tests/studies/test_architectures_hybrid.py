@@ -15,16 +15,19 @@ from vitlab.studies.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SMO
 
 
 def test_a_clear_winner_does_not_reproduce_no_winner():
-    top1 = {"A": [60.0, 63.0, 61.0], "B": [40.0, 41.0, 45.0], "C": [30.0, 30.0, 31.0]}
+    top1 = {"A": [90.0, 93.0, 91.0], "B": [70.0, 71.0, 75.0], "C": [30.0, 30.0, 31.0]}
     r = families.no_clear_winner(top1, chance=16.7, quick=False)
     diffs = [20.0, 22.0, 16.0]                                       # A - B per seed: mean 19.33, sd 3.055
     assert (r["best"], r["runner_up"]) == ("A", "B") and r["verdict"] == NOT_REPRODUCED
     assert r["difference"] == pytest.approx(sum(diffs) / 3)
     assert r["standard_error"] == pytest.approx(math.sqrt((56 / 3) / 2) / math.sqrt(3))   # squares 4/9+64/9+100/9
+    # the same gaps 30 points lower: the runner-up is below the floor (58.3% for 6 classes), nothing is ranked
+    low = families.no_clear_winner({k: [v - 30 for v in vs] for k, vs in top1.items()}, chance=100 / 6, quick=False)
+    assert low["verdict"] == INCONCLUSIVE and low["undertrained"].endswith("B 42.0%")
 
 
 def test_top_two_within_two_se_reproduce_no_winner():
-    top1 = {"A": [50.0, 56.0, 47.0], "B": [51.0, 53.0, 46.0], "C": [20.0, 22.0, 21.0]}   # A - B: -1, 3, 1
+    top1 = {"A": [80.0, 86.0, 77.0], "B": [81.0, 83.0, 76.0], "C": [20.0, 22.0, 21.0]}   # A - B: -1, 3, 1
     r = families.no_clear_winner(top1, chance=16.7, quick=False)
     assert (r["best"], r["runner_up"]) == ("A", "B") and r["best_above_chance"]
     assert r["difference"] == pytest.approx(1.0) and r["standard_error"] == pytest.approx(2 / math.sqrt(3))

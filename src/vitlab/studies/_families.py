@@ -14,7 +14,7 @@ import torch
 from ..registry import create_model
 from . import _common as common
 from .scaling import images_per_s
-from .verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SMOKE_TEST, compare, mean_std
+from .verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SMOKE_TEST, compare, mean_std, undertrained
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,26 @@ def no_clear_winner(top1: dict[str, Sequence[float]], *, chance: float, quick: b
     paired). The lecture's claim is the negation of a clear winner, so the labels turn around:
         not reproduced   the best beats the runner-up by more than 2 SE of the paired differences: a winner
         reproduced       the top two are within 2 SE: this run cannot separate them
-        inconclusive     one seed (no SE), or the best model is not above chance by 2 SE (nothing was learned,
-                         so "no winner" would be empty)
+        inconclusive     one seed (no SE), the best model not above chance by 2 SE (nothing was learned, so
+                         "no winner" would be empty), or the top two below verdict.undertrained's floor
     "Reproduced" here means "no winner found at this resolution", not "proved equal": with few seeds 2 SE is
     wide, which is why difference and SE are reported beside the label."""
     ranked = sorted(top1, key=lambda label: mean_std(top1[label])[0], reverse=True)
     best, runner_up = ranked[0], ranked[1]
     result = compare(top1[best], top1[runner_up], paired=True, quick=quick)
     learned = compare(top1[best], [chance] * len(top1[best]), paired=True)["verdict"] == REPRODUCED
+    # two families that have barely left chance are not ranked by their architecture (verdict.undertrained)
+    gate = undertrained({best: top1[best], runner_up: top1[runner_up]}, round(100.0 / chance))
     if quick:
         verdict = SMOKE_TEST
-    elif result["standard_error"] is None or not learned:
+    elif result["standard_error"] is None or not learned or gate:
         verdict = INCONCLUSIVE
     elif result["verdict"] == REPRODUCED:
         verdict = NOT_REPRODUCED
     else:
         verdict = REPRODUCED
+    if gate and not quick:
+        result["undertrained"] = gate
     return {**result, "verdict": verdict, "best": best, "runner_up": runner_up, "best_above_chance": learned,
             "rule": "best vs runner-up by mean val top-1, paired over seeds; within 2 SE = no clear winner"}
 
