@@ -13,6 +13,8 @@ from vitlab.checkpoint import load_model, save_model
 from vitlab.cli import main
 from vitlab.tasks.contrastive import clip_tokenizer
 
+from .helpers import write_tiny_clip_vocab
+
 transformers = pytest.importorskip("transformers")
 
 CAPTIONS = ["a photo of a cat", "A  CAT, of a photo!!", "the dog's photo", "cat"]
@@ -22,17 +24,10 @@ TINY = dict(img_size=32, patch_size=8, vision_dim=32, vision_depth=1, vision_hea
 
 def _clip_bpe(directory):
     """A CLIP-style byte-level BPE: every byte and byte</w>, a few merges, the two specials last."""
-    from tokenizers import pre_tokenizers
-
     from vitlab.text.clip_bpe import load_clip_bpe
 
     directory.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = [("c", "a"), ("ca", "t</w>"), ("o", "f</w>"), ("p", "h"), ("ph", "o"), ("pho", "t"), ("phot", "o</w>")]
-    vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    write_tiny_clip_vocab(directory)
     return load_clip_bpe(directory, max_length=16)
 
 

@@ -12,6 +12,8 @@ import torch
 import vitlab
 from vitlab.models.clip import clip_loss
 
+from .helpers import write_tiny_clip_vocab
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -49,24 +51,11 @@ def test_loss_equals_hand_computation():
     assert clip_loss(logits, same).item() == pytest.approx(hand.item(), rel=1e-5)
 
 
-def _tiny_vocab(directory: Path) -> list[str]:
-    """A CLIP-style byte-level BPE vocabulary (bytes, bytes + </w>, a few merges, the two specials)."""
-    from tokenizers import pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = [("c", "a"), ("ca", "t</w>"), ("o", "f</w>"), ("p", "h"), ("ph", "o"), ("pho", "t"), ("phot", "o</w>")]
-    vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return vocab
-
-
 def _hf_clip(tmp_path: Path, eos_token_id: int | None = None):
     from transformers import CLIPConfig, CLIPModel
 
     tmp_path.mkdir(parents=True, exist_ok=True)
-    vocab = _tiny_vocab(tmp_path)
+    vocab = write_tiny_clip_vocab(tmp_path)
     torch.manual_seed(0)
     V = len(vocab)
     cfg = CLIPConfig(text_config=dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
