@@ -200,7 +200,7 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, seeds: l
                                    undertrained=undertrained({m: values(per_seed, m, "content") for m in MODELS},
                                                              len(cue_conflict.class_names(args.classes)))),
                            measure="shape / (shape + texture) decisions on cue-conflict images",
-                           caveat=_undertrained(measures))]
+                           caveat=_content_caveat(measures))]
     return {"study": NAME, "quick": args.quick, "note": common.QUICK_NOTE if args.quick else None,
             "command": common.command_line(NAME, args, add_arguments), "seeds": seeds,
             "classes": cue_conflict.class_names(args.classes), "img_size": args.img_size,
@@ -208,7 +208,7 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, seeds: l
             "claims": claims, "table": table, "measures": measures, "per_seed": per_seed}
 
 
-def _undertrained(measures: dict[str, Any], threshold: float = 90.0) -> str | None:
+def _content_caveat(measures: dict[str, Any], threshold: float = 90.0) -> str | None:
     """A note when a model did not learn the task (content top-1 below threshold): its cue preference is then
     the preference of a half-trained model."""
     low = [f"{label} {measures[label]['content']['mean']:.1f}%" for label in MODELS
