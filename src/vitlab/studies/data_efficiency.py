@@ -23,6 +23,8 @@ Claims (vitlab.studies.verdict.compare, paired over --seeds seeds: same seed, sa
 Where the mean curves cross (the sign of mean(M) - mean(ViT) changes) is reported, interpolated in log-fraction;
 it is a description, not a verdict. Every verdict turns "inconclusive" when the ViT at the largest fraction is not
 above chance by 2 SE: a ViT that has not learned anything loses at every fraction for want of steps, not of data.
+(Not verdict.undertrained's halfway floor: here a ViT that lags the convolutional models is the claim itself, so
+only a ViT that learned nothing at all is ruled out.)
 
 The default budget (5 epochs of 960 images = 150 steps of 32, the studies' recipe of _common.train) is sized to
 about 12 minutes for the full grid on one thread (measured ~64 s of CPU per fraction and seed for the 4 models).
