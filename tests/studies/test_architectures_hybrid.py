@@ -1,5 +1,5 @@
 """architectures and hybrid: the "no clear winner" rule against hand-computed cases, interleaved throughput
-ratios, the budget -> epochs rule, and the quick runs' JSON checked against the runs they trained."""
+ratios, the budget -> schedule rule, and the quick runs' JSON checked against the runs they trained."""
 import argparse
 import json
 import math
@@ -10,7 +10,7 @@ from vitlab.cli import main
 from vitlab.registry import create_model
 from vitlab.studies import _families as families
 from vitlab.studies.architectures import MODELS as FAMILIES
-from vitlab.studies.hybrid import HYBRID, MODELS, VIT, _budgets_arg, budget_epochs
+from vitlab.studies.hybrid import HYBRID, MODELS, SCHEDULE_MARGIN, VIT, _budgets_arg, budget_epochs
 from vitlab.studies.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SMOKE_TEST
 
 
@@ -57,8 +57,10 @@ def test_train_seconds_sums_the_training_loop_of_every_epoch(tmp_path):
     assert families.train_seconds(tmp_path) == pytest.approx(4.75)
 
 
-def test_budgets_become_whole_epochs_and_bad_budgets_are_refused(tmp_path, capsys):
-    assert [budget_epochs(b, 3.5) for b in (1.0, 10.0, 20.0, 40.0)] == [1, 3, 6, 11]
+def test_schedules_outlast_their_budgets_and_bad_budgets_are_refused(tmp_path, capsys):
+    # ceil(1.1 * budget / 3.5 s an epoch): 0.31, 3.14, 6.29, 12.6 -> the time limit, not the schedule, ends a run
+    assert SCHEDULE_MARGIN == 1.1 and [budget_epochs(b, 3.5) for b in (1.0, 10.0, 20.0, 40.0)] == [1, 4, 7, 13]
+    assert all(budget_epochs(b, e) * e >= SCHEDULE_MARGIN * b for b in (5.0, 12.0, 48.0) for e in (0.7, 3.5, 30.0))
     assert _budgets_arg("40,10,20") == (10.0, 20.0, 40.0)
     for bad in ("0,10", "10,10", "10,inf", "nan", "ten", ""):
         with pytest.raises(argparse.ArgumentTypeError):
@@ -100,8 +102,17 @@ def test_hybrid_quick(quick_all):
     assert saved["claims"][0]["difference"] == pytest.approx(
         smallest[HYBRID]["val_top1"]["mean"] - smallest[VIT]["val_top1"]["mean"])
     assert saved["params"][HYBRID] > saved["params"][VIT]                  # the ResNet stem adds weights
+    seconds = {}
     for label in MODELS:
         for point in saved["points"][label]:
             run_dir = out / f"{families._slug(label)}-{point['budget_s']:g}s-seed0"
-            assert point["train_time_s"]["mean"] == pytest.approx(families.train_seconds(run_dir))
-            assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == point["epochs"] == 1
+            seconds[label, point["budget_s"]] = families.train_seconds(run_dir)
+            assert point["train_time_s"]["mean"] == pytest.approx(seconds[label, point["budget_s"]])
+            run = json.loads((run_dir / "metrics.json").read_text())
+            assert run["time_limit_s"] == point["budget_s"]                    # each run was given its budget
+            assert point["epochs"] == 1 and point["epochs_run"] == [run["epochs"]] == [1]
+            assert point["steps"] == [run["steps"]] and point["stopped_at_budget"] == [run["stopped_at_time_limit"]]
+    assert [r["budget_s"] for r in saved["time_ratio"]] == saved["budgets_s"]
+    for r in saved["time_ratio"]:                                          # actual hybrid / ViT seconds, per seed
+        assert r["hybrid_over_vit"]["per_seed"] == pytest.approx(
+            [seconds[HYBRID, r["budget_s"]] / seconds[VIT, r["budget_s"]]], rel=1e-4)

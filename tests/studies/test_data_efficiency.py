@@ -47,6 +47,11 @@ def test_crossing_is_interpolated_in_log_fraction():
     assert crossing([0.1, 0.5, 1.0], [5.0, 2.0, 1.0]) is None                        # the gap shrinks, no cross
 
 
+# the non-quick arguments the summarize tests share (three seeds, fractions 0.1 and 1)
+ARGS = argparse.Namespace(quick=False, train_per_class=10, val_per_class=5, epochs=2, fractions=(0.1, 1.0), seeds=3,
+                          seed=0, out="runs/study-data-efficiency")
+
+
 def _runs(top1: dict[float, dict[str, list[float]]]):
     return {f: {label: [{"val_top1": v, "params": 1000, "steps": 10, "chance_top1": 16.67, "wall_time_s": 1.0}
                         for v in values] for label, values in models.items()} for f, models in top1.items()}
@@ -57,9 +62,7 @@ def test_verdicts_come_from_paired_seeds():
                   "hybrid R8+ViT": [15.0, 18.0, 20.0]},
             1.0: {"ViT": [60.0, 62.0, 64.0], "ResNet": [65.0, 66.0, 70.0], "CvT": [71.0, 74.0, 75.0],
                   "hybrid R8+ViT": [61.0, 62.0, 66.0]}}
-    args = argparse.Namespace(quick=False, train_per_class=10, val_per_class=5, epochs=2, fractions=(0.1, 1.0),
-                              seeds=3, seed=0, out="runs/study-data-efficiency")
-    results = summarize(_runs(top1), {0.1: 1, 1.0: 10}, args, [0, 1, 2], 32)
+    results = summarize(_runs(top1), {0.1: 1, 1.0: 10}, ARGS, [0, 1, 2], 32)
     beats = {c["model"]: c["verdict"] for c in results["claims"] if " beats " in c["statement"]}
     assert beats == {"ResNet": REPRODUCED,                          # +20, +19, +21 points
                      "CvT": REPRODUCED,                             # +10, +11, +9
@@ -71,7 +74,7 @@ def test_verdicts_come_from_paired_seeds():
     assert results["crossings"]["ResNet"] is None and results["crossings"]["CvT"] is None
     assert results["crossings"]["hybrid R8+ViT"] == pytest.approx(math.exp(math.log(0.1) * (1 - 13 / 16)))
     assert [c["verdict"] for c in summarize(_runs({f: {k: v[:1] for k, v in m.items()} for f, m in top1.items()}),
-                                            {0.1: 1, 1.0: 10}, args, [0], 32)["claims"]] == [INCONCLUSIVE] * 6
+                                            {0.1: 1, 1.0: 10}, ARGS, [0], 32)["claims"]] == [INCONCLUSIVE] * 6
     assert results["command"] == ("vitlab study data-efficiency --fractions 0.1,1.0 --train-per-class 10 "
                                   "--val-per-class 5 --epochs 2")
     assert len(results["table"]) == 2 and set(CONVOLUTIONAL) | {VIT} == set(MODELS)
@@ -92,9 +95,7 @@ def test_no_verdict_when_the_vit_learned_nothing():
                   "hybrid R8+ViT": [35.0, 38.0, 40.0]},
             1.0: {"ViT": [16.0, 17.5, 16.0], "ResNet": [65.0, 66.0, 70.0], "CvT": [70.0, 73.0, 73.0],
                   "hybrid R8+ViT": [61.0, 62.0, 66.0]}}
-    args = argparse.Namespace(quick=False, train_per_class=10, val_per_class=5, epochs=2, fractions=(0.1, 1.0),
-                              seeds=3, seed=0, out="runs/study-data-efficiency")
-    results = summarize(_runs(top1), {0.1: 1, 1.0: 10}, args, [0, 1, 2], 32)
+    results = summarize(_runs(top1), {0.1: 1, 1.0: 10}, ARGS, [0, 1, 2], 32)
     assert results["vit_above_chance_at_largest"] is False               # 16.5 vs chance 16.67
     assert [c["verdict"] for c in results["claims"]] == [INCONCLUSIVE] * 6
     assert all("not above chance" in c["guard"] for c in results["claims"])

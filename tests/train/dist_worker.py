@@ -3,8 +3,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/train/dist_worker.py OUT_DIR
     python tests/train/dist_worker.py OUT_DIR            # WORLD_SIZE unset: one process, the same global batch
 
-Scenarios: ddp, fsdp, nan (rank 1's loss turns NaN at its third batch), ddp_accum (2 batches per step); the
-single process runs single and single_accum. Each trains a tiny ViT one epoch with vitlab's own pieces
+Scenarios: ddp, fsdp, nan (rank 1's loss turns NaN at its third batch), ddp_accum (2 batches per step),
+time_limit (rank 1's time limit is up after its first step, rank 0's never); the single process runs single and
+single_accum. Each trains a tiny ViT one epoch with vitlab's own pieces
 (init_distributed, wrap_model, the sharded `batches`, Trainer) and SGD with momentum, whose update is linear in the
 gradient (Adam's first steps are sign(g) * lr, so an element whose gradient is ~0 flips sign on rounding noise and
 weights would not be comparable at 1e-5). Rank 0 writes OUT_DIR/<scenario>.pt: the final full weights, the sample
@@ -61,8 +62,10 @@ def train(info, scenario: str) -> dict:
     net = wrap_model(model, info, torch.device("cpu"), fsdp=scenario == "fsdp")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     objective = RecordingObjective(nan_at=3 if scenario == "nan" else None)
+    # time_limit: the ranks' clocks disagree (one limit spent at once, one never): they must stop together
+    limit = (1e-9 if info.rank == 1 else 1e9) if scenario == "time_limit" else None
     trainer = Trainer(net, objective, optimizer, None, batch_transform=Normalize01(), device=torch.device("cpu"),
-                      clip_grad=1.0, grad_accum=2 if scenario.endswith("accum") else 1)
+                      clip_grad=1.0, grad_accum=2 if scenario.endswith("accum") else 1, time_limit_s=limit)
     data = dataset()
     seen: list[int] = []
 
@@ -82,6 +85,7 @@ def train(info, scenario: str) -> dict:
     result["weights"] = full_state_dict(net)
     result["seen"] = gather(seen, info)
     result["stopped_on"] = gather([int("stopped" in result)], info)
+    result["steps_per_rank"] = gather([trainer.step, int(trainer.out_of_time)], info)
     return result
 
 
@@ -121,7 +125,7 @@ def gather(values: list[int], info) -> list[list[int]]:
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     info = init_distributed(torch.device("cpu"))
-    scenarios = ["ddp", "fsdp", "nan", "ddp_accum"] if info.enabled else ["single", "single_accum"]
+    scenarios = ["ddp", "fsdp", "nan", "ddp_accum", "time_limit"] if info.enabled else ["single", "single_accum"]
     for scenario in scenarios:
         result = train(info, scenario)
         if info.is_main:

@@ -71,6 +71,10 @@ def test_a_nan_on_one_rank_stops_every_rank_before_the_step(worker_results):
     assert all(torch.isfinite(w).all() for w in result["weights"].values())
 
 
+def test_a_time_limit_up_on_one_rank_stops_every_rank_at_the_same_step(worker_results):
+    assert worker_results["time_limit"]["steps_per_rank"] == [[1, 1], [1, 1]]     # (steps, out_of_time) per rank
+
+
 def test_torchrun_vitlab_train_fsdp_end_to_end(tmp_path):
     """The command users run: 2 processes, FSDP2 per block; rank 0 alone writes a loadable run directory whose
     first-step loss (before any update, so the same weights; no drop-path, whose masks differ per rank) equals a

@@ -16,6 +16,8 @@ _HELP = {
     "model": "registered model name (`vitlab models`)", "data": "digits, shapes, or a path (ImageFolder, "
     "CIFAR-10/100 python folder, MNIST idx files)", "out": "run directory (default runs/MODEL-DATA)",
     "epochs": "epochs the schedule spans", "stop_at": "stop after this epoch; continue later with --resume",
+    "time_limit_s": "seconds of training (the training loop, no evaluation): stop at the first optimizer step "
+    "past them, evaluate and save (the schedule still spans --epochs)",
     "checkpoint": "initial weights: a run directory or a foreign checkpoint (fine-tuning)",
     "teacher": "distillation teacher: a run directory or checkpoint", "distill": "hard or soft distillation",
     "precision": "fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU)", "ema": "EMA decay, e.g. 0.999 (0 = off)",
@@ -61,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_RESUME_OPTIONS = {"epochs", "stop_at", "device", "workers", "precision", "compile", "channels_last",
+_RESUME_OPTIONS = {"epochs", "stop_at", "time_limit_s", "device", "workers", "precision", "compile", "channels_last",
                    "grad_checkpointing", "tensorboard"}
 
 

@@ -37,6 +37,9 @@ def build_data(spec: str, image_size: int, *, val_fraction: float = 0.25, seed: 
     if spec == "numbers-en-fr" or spec.startswith("parallel:"):
         raise VitlabError(f"{spec} is text for translation: train a translation model on it (vitlab models "
                           "'transformer_*')")
+    if spec == "videos" or spec.startswith("videos:"):
+        raise VitlabError(f"{spec} is captioned video clips for text-video retrieval: train a video_text model on "
+                          "it (mmt_micro_32, mmt_maxpool_micro_32, coll_maxpool_micro_32)")
     if spec == "shapes":
         if shapes_per_class < 1:
             raise VitlabError(f"shapes_per_class must be at least 1, got {shapes_per_class}")

@@ -1,16 +1,18 @@
-"""What the classification studies share: the data they train on, seeds, the rerun command, training one model
-with the library's trainer, and plots with error bars. (A leading underscore: not a study itself.)"""
+"""What the studies share: the data they train on, seeds, the rerun command, training one model with the
+library's trainer, plots with error bars, and the end of a run (finish: JSON, figures, verdict lines). (A leading
+underscore: not a study itself.)"""
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..checks import int_arg
+from ..io import write_json
 from .verdict import format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,34 @@ def summary(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
 def claim(statement: str, source: str, result: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A claim's JSON entry: the lecture's statement, its paper, and the verdict.compare result."""
     return {"statement": statement, "source": source, **result, **extra}
+
+
+def finish(results: dict[str, Any], out: Path | str, name: str, *, log: logging.Logger,
+           plots: Mapping[str, Callable[[Path], Any]] | None = None, difference: str | None = "%+.2f",
+           line: str | None = None, prefix: str | None = None) -> dict[str, Any]:
+    """The end of every study's run; returns `results`.
+
+    1. results -> out/<name>.json, dashes as underscores (`data-efficiency` -> data_efficiency.json), atomically;
+       written first, so a figure that fails leaves the numbers;
+    2. each plot: plots[file](out / file), in order;
+    3. one line on `log` (the study's own logger) per entry of results["claims"], if any:
+       "<prefix or name>: <statement>: <verdict> (difference <difference>)", `difference` being the %-format of
+       claim["difference"] with its unit ("%+.2f points"); None leaves the parenthesis out. `line` replaces
+       everything after the prefix with a %-format of the claim's own keys ("best %(best)s: %(verdict)s").
+    Studies whose verdict is not a "claims" list (dino, segmentation) log their own lines after this."""
+    out = Path(out)
+    write_json(out / f"{name.replace('-', '_')}.json", results)
+    for file, draw in (plots or {}).items():
+        draw(out / file)
+    head = prefix or name
+    for c in results.get("claims") or ():
+        if line is not None:
+            log.info(f"{head}: {line}", c)                        # one mapping argument: %(key)s of the claim
+        elif difference is None:
+            log.info(f"{head}: %s: %s", c["statement"], c["verdict"])
+        else:
+            log.info(f"{head}: %s: %s (difference {difference})", c["statement"], c["verdict"], c["difference"])
+    return results
 
 
 def errorbar_plot(ax: Any, x: Sequence[float], per_seed: Sequence[Sequence[float]], label: str, **style: Any) -> None:

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 def train_grid(models: dict[str, str], seeds: Sequence[int], data: str, out: Path, *,
                epochs: Callable[[str], int] | int, img_size: int, quick: bool,
-               run_dir: Callable[[str, int], str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Train every model (label -> registered name) once per seed with the studies' recipe; returns
+               run_dir: Callable[[str, int], str] | None = None, **extra: Any) -> dict[str, list[dict[str, Any]]]:
+    """Train every model (label -> registered name) once per seed with the studies' recipe (`extra`: more
+    TrainConfig fields, e.g. time_limit_s); returns
     {label: [metrics.json of each seed, in seed order]}. The seed loop is outside, so the models of one seed
     share its data order and a stopped run leaves complete pairs. The runs skip the trainer's closing pictures
     (seconds each): the study's own figure is the result."""
@@ -32,7 +33,7 @@ def train_grid(models: dict[str, str], seeds: Sequence[int], data: str, out: Pat
     for seed in seeds:
         for label, name in models.items():
             metrics = common.train(name, data, out / name_of(label, seed), epochs=epochs_of(label), seed=seed,
-                                   img_size=img_size, quick=quick, report=False)
+                                   img_size=img_size, quick=quick, report=False, **extra)
             metrics["train_time_s"] = train_seconds(out / name_of(label, seed))
             runs[label].append(metrics)
             log.info("%s seed %d: val top-1 %.1f%% (%d epochs, %.1f s training)", label, seed,

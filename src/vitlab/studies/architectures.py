@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import int_arg, text_arg
-from ..io import write_json
 from . import _common as common
 from . import _families as families
 
@@ -68,12 +67,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                quick=args.quick)
     speed = families.throughput(MODELS, args.img_size, args.batch_size, len(seeds), args.repeats, REFERENCE)
     results = summarize(runs, speed, args, seeds)
-    write_json(out / "architectures.json", results)
-    plot(results, out / "architectures.png")
-    c = results["claims"][0]
-    log.info("architectures: best %s, runner-up %s: %s (difference %+.2f points)", c["best"], c["runner_up"],
-             c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"architectures.png": lambda path: plot(results, path)},
+                         line="best %(best)s, runner-up %(runner_up)s: %(verdict)s "
+                              "(difference %(difference)+.2f points)")
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]], speed: dict[str, dict[str, list[float]]],

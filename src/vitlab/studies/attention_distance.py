@@ -34,7 +34,6 @@ from ..data import build_data
 from ..errors import VitlabError
 from ..explain import attention_maps, model_input, patch_distances
 from ..explain.distance import mean_attention_distance, pixel_patch_size
-from ..io import write_json
 from ..registry import create_model
 from . import _common as common
 from .verdict import compare, mean_std
@@ -94,11 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "initial_px": distances(init_model, images), "grid": list(grid), "patch": list(patch)})
     uniform = float(patch_distances(tuple(per_seed[0]["grid"]), tuple(per_seed[0]["patch"])).mean())
     results = summarize(per_seed, uniform, args, seeds, len(images))
-    write_json(out / "attention_distance.json", results)
-    plot(per_seed, uniform, results, out / "attention_distance.png")
-    for c in results["claims"]:
-        log.info("attention-distance: %s: %s (difference %+.2f px)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, difference="%+.2f px",
+                         plots={"attention_distance.png": lambda path: plot(per_seed, uniform, results, path)})
 
 
 def distances(model: nn.Module, images: Tensor, batch: int = 64) -> Tensor:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import float_arg, int_arg, text_arg
-from ..io import atomic_path, write_json
+from ..io import atomic_path
 from . import _common as common
 from .verdict import INCONCLUSIVE, SMOKE_TEST, compare
 
@@ -83,11 +83,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      runs[label][-1]["val_bleu4"], runs[label][-1]["val_cider"],
                      _fmt(runs[label][-1]["val_grounding"]), _fmt(runs[label][-1]["val_grounding_uniform"]))
     results = summarize(runs, args, seeds)
-    write_json(out / "captioning.json", results)
-    plot(results, out / "captioning.png")
-    for c in results["claims"]:
-        log.info("%s: %s: %s", NAME, c["statement"], c["verdict"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"captioning.png": lambda path: plot(results, path)},
+                         difference=None)
 
 
 def train_one(model_name: str, args: argparse.Namespace, run_dir: Path, seed: int) -> dict[str, Any]:

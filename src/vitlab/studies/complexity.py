@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from ..bench.flops import count_macs
 from ..checks import int_arg
 from ..errors import VitlabError
-from ..io import write_json
 from ..layers import Attention
 from ..registry import create_model, list_models
 from . import _common as common
@@ -90,11 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["slopes"] = {label: fit_slopes(r["points"]) for label, r in results["models"].items()}
     results["claims"] = claims(results["slopes_per_round"], args.quick)
     results["table"] = table(results["slopes_per_round"])
-    write_json(out / "complexity.json", results)
-    plot(results, out / "complexity.png")
-    for c in results["claims"]:
-        log.info("complexity: %s: %s (difference %+.3f)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"complexity.png": lambda path: plot(results, path)},
+                         difference="%+.3f")
 
 
 def round_points(points: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:

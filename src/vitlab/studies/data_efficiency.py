@@ -51,7 +51,6 @@ from typing import Any
 
 from ..checks import int_arg
 from ..errors import VitlabError
-from ..io import write_json
 from . import _common as common
 from .verdict import INCONCLUSIVE, REPRODUCED, compare, mean_std
 
@@ -118,11 +117,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          metrics["val_top1"])
     distinct = {f: per_class for f, (_, per_class) in folders.items()}
     results = summarize(runs, distinct, args, seeds, img_size)
-    write_json(out / "data_efficiency.json", results)
-    plot(results, out / "data_efficiency.png")
-    for c in results["claims"]:
-        log.info("data-efficiency: %s: %s (difference %+.2f points)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"data_efficiency.png": lambda path: plot(results, path)},
+                         difference="%+.2f points")
 
 
 def fraction_folder(full: Path, fraction: float, root: Path) -> tuple[str, int]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import float_arg, int_arg, text_arg
-from ..io import atomic_path, write_json
+from ..io import atomic_path
+from ._common import finish
 from .verdict import compare, format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  NAME, seed, row["dino"]["knn_top1"], row["supervised"]["knn_top1"],
                  row["dino"]["jaccard_best_head"], row["supervised"]["jaccard_best_head"])
     results = summarize(per_seed, args, dino_name, supervised_name, data, epochs, batch)
-    write_json(out / "dino.json", results)
-    plot(per_seed, out / "dino.png", quick=args.quick)
-    attention_figure(out / f"dino-seed{seeds[0]}", out / f"supervised-seed{seeds[0]}", data, size, seeds[0],
-                     out / "dino_attention.png")
+    finish(results, out, NAME, log=log, plots={
+        "dino.png": lambda path: plot(per_seed, path, quick=args.quick),
+        "dino_attention.png": lambda path: attention_figure(out / f"dino-seed{seeds[0]}",
+                                                            out / f"supervised-seed{seeds[0]}", data, size, seeds[0],
+                                                            path)})
     log.info("%s: Jaccard DINO - supervised %+.3f (se %s): %s; k-NN ratio %.2f (target >= %.1f)", NAME,
              results["claim"]["difference"],
              "n/a" if results["claim"]["standard_error"] is None else f"{results['claim']['standard_error']:.3f}",

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import float_arg, int_arg, text_arg
-from ..io import write_json
 from . import _common as common
 from .verdict import compare, undertrained
 
@@ -105,11 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             students[row].append(fit(run_dir, "deit_tiny_distilled_patch16_224", seed, args.epochs,
                                      teacher=str(out / teacher), distill=mode, **recipe))
     results = summarize(teachers, students, args, seeds)
-    write_json(out / "distill.json", results)
-    plot(out, seeds, results, out / "distill.png")
-    for c in results["claims"]:
-        log.info("distill: %s: %s (difference %+.2f points)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, difference="%+.2f points",
+                         plots={"distill.png": lambda path: plot(out, seeds, results, path)})
 
 
 def summarize(teachers: dict[str, dict[str, Any]], students: dict[str, list[dict[str, Any]]],

@@ -10,13 +10,18 @@ are not counted), with the studies' recipe (_common.train). Digits, not the gene
 stay within 3 points of chance at budgets that fit a 12-minute study (a one-seed trial: ViT 14-18%, hybrid 14-20% at
 10-40 s), so there is nothing to compare; `--data shapes` runs it there.
 
-TrainConfig has no time limit, and a time limit that cut a run short would leave its cosine schedule unfinished,
-so each model's epoch time is measured once, from a timed one-epoch run (seed --seed), and each budget becomes
-round(budget / epoch time) epochs (at least 1): a complete schedule that fills about that time. The hybrid is ~2x
-slower per image, so at equal time it sees about half the epochs. The times the runs actually took (metrics.csv's
-epoch_time_s) are the figure's x-axis, the JSON's train_time_s and the table's time ratio: rounding to whole epochs
-and a change of the machine's load between the timing and the runs both show there (a busy machine stretches every
-run past its budget; equality then holds only as far as the ratio says).
+A budget is real seconds: each run stops when its measured training time reaches the budget
+(TrainConfig.time_limit_s: at the first optimizer step past it, so a run overshoots by at most one step; the clock
+is metrics.csv's epoch_time_s), then evaluates and saves its checkpoint. Its cosine schedule is planned to end a
+little after the budget, so that the limit, not the schedule, ends the run: each model's epoch time is measured
+once, from a timed one-epoch run (seed --seed), and a budget becomes ceil(SCHEDULE_MARGIN x budget / epoch time)
+epochs of schedule, at least 1. A run thus stops near the low-lr end of its schedule; where one epoch is longer than
+the budget (the hybrid, ~2x slower per image, at the smallest budget) it stops part-way, lr still high: a small
+budget then compares the models part-way through training. In equal time the hybrid takes about half the ViT's
+steps. The times the runs took are the figure's x-axis and the JSON's points[...]["train_time_s"] (per seed, with
+the steps each took and whether the budget stopped it), and time_ratio gives hybrid / ViT training seconds per
+budget, paired by seed: ~1.0 when the limit stopped both (the table's "time ratio hybrid / ViT"). A machine that
+runs faster than at the timing can finish a schedule before the budget; the ratio then says so.
 
 The verdict (vitlab.studies.verdict, paired over --seeds seeds) is on "hybrid val top-1 > ViT val top-1 at the
 smallest budget"; the gap at every budget is in the table.
@@ -24,7 +29,7 @@ smallest budget"; the gap at every budget is in the table.
     vitlab study hybrid                         # budgets 12, 24, 48 s x 2 models x 3 seeds: ~10 min
     vitlab study hybrid --budgets 30,60,120     # longer: does the hybrid's lead vanish?
     vitlab study hybrid --data shapes           # the generated shapes (harder: near chance at these budgets)
-    vitlab study hybrid --quick                 # 16 px, one epoch per budget on 36 images: a smoke test (no verdict)
+    vitlab study hybrid --quick                 # 16 px, one-epoch schedules on 36 images: a smoke test (no verdict)
 """
 from __future__ import annotations
 
@@ -36,7 +41,6 @@ from typing import Any
 
 from ..checks import int_arg, text_arg
 from ..errors import VitlabError
-from ..io import write_json
 from . import _common as common
 from . import _families as families
 from .verdict import compare
@@ -49,6 +53,7 @@ CLAIM = "at small computational budgets the hybrid (CNN feature map as tokens) o
 PAPER = "Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021, Fig. 5 and §4.4"
 MODELS = {"ViT": "vit_micro_patch4_32", "hybrid R8+ViT": "vit_micro_r8_s4_32"}
 VIT, HYBRID = MODELS
+SCHEDULE_MARGIN = 1.1    # a schedule spans ~10% more than its budget: the time limit ends the run, not the schedule
 
 
 def _budgets_arg(text: str) -> tuple[float, ...]:
@@ -82,20 +87,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     epochs = {b: {label: 1 if args.quick else budget_epochs(b, epoch_s[label]) for label in MODELS}
               for b in args.budgets}
     runs = {b: families.train_grid(MODELS, seeds, data, out, epochs=epochs[b].__getitem__, img_size=args.img_size,
-                                   quick=args.quick,
+                                   quick=args.quick, time_limit_s=b,
                                    run_dir=lambda label, seed, b=b: f"{families._slug(label)}-{b:g}s-seed{seed}")
             for b in args.budgets}
     results = summarize(runs, epoch_s, epochs, args, seeds)
-    write_json(out / "hybrid.json", results)
-    plot(results, out / "hybrid.png")
-    c = results["claims"][0]
-    log.info("hybrid: %s: %s (difference %+.2f points)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"hybrid.png": lambda path: plot(results, path)},
+                         difference="%+.2f points")
 
 
 def budget_epochs(budget_s: float, epoch_s: float) -> int:
-    """The whole epochs that fill about budget_s seconds at epoch_s seconds each (nearest, at least one)."""
-    return max(1, round(budget_s / epoch_s))
+    """The epochs a run's schedule spans for a budget of budget_s seconds at epoch_s seconds an epoch: enough to
+    outlast the budget by SCHEDULE_MARGIN (the time limit stops the run), at least one."""
+    return max(1, math.ceil(SCHEDULE_MARGIN * budget_s / epoch_s))
 
 
 def epoch_seconds(data: str, out: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -117,15 +120,21 @@ def summarize(runs: dict[float, dict[str, list[dict[str, Any]]]], epoch_s: dict[
     smallest = min(runs)
     claim = common.claim(f"the hybrid beats the ViT at the smallest budget ({smallest:g} s of training, val top-1)",
                          PAPER, compare(top1[smallest][HYBRID], top1[smallest][VIT], paired=True, quick=args.quick))
+    # "epochs": the schedule's length; the runs' own counts (the last one partial when the budget stopped it) and
+    # steps are per seed
     points = {label: [{"budget_s": b, "epochs": epochs[b][label], "val_top1": common.summary(top1[b][label]),
-                       "train_time_s": common.summary([m["train_time_s"] for m in runs[b][label]], 1)}
+                       "train_time_s": common.summary([m["train_time_s"] for m in runs[b][label]], 1),
+                       "epochs_run": [m["epochs"] for m in runs[b][label]],
+                       "steps": [m["steps"] for m in runs[b][label]],
+                       "stopped_at_budget": [m["stopped_at_time_limit"] for m in runs[b][label]]}
                       for b in runs] for label in MODELS}
+    ratio = {b: common.summary([h["train_time_s"] / v["train_time_s"] for h, v in zip(runs[b][HYBRID], runs[b][VIT])])
+             for b in runs}
     table = [{"budget s": f"{b:g}",
-              **{f"{label} epochs": epochs[b][label] for label in MODELS},
+              **{f"{label} steps": common.summary([m["steps"] for m in runs[b][label]], 0)["text"] for label in MODELS},
               **{f"{label} train s": common.summary([m["train_time_s"] for m in runs[b][label]], 1)["text"]
                  for label in MODELS},
-              "time ratio hybrid / ViT": common.summary([h["train_time_s"] / v["train_time_s"] for h, v in
-                                                         zip(runs[b][HYBRID], runs[b][VIT])])["text"],
+              "time ratio hybrid / ViT": ratio[b]["text"],
               **{f"{label} val top-1 %": common.summary(top1[b][label])["text"] for label in MODELS},
               "hybrid - ViT": common.summary([h - v for h, v in zip(top1[b][HYBRID], top1[b][VIT])])["text"]}
              for b in runs]
@@ -135,7 +144,8 @@ def summarize(runs: dict[float, dict[str, list[dict[str, Any]]]], epoch_s: dict[
             "img_size": args.img_size, "train_per_class": args.train_per_class, "budgets_s": list(runs),
             "epoch_s": epoch_s, "chance_top1": runs[smallest][VIT][0]["chance_top1"],
             "params": {label: runs[smallest][label][0]["params"] for label in MODELS},
-            "models": MODELS, "claims": [claim], "table": table, "points": points}
+            "models": MODELS, "claims": [claim], "table": table, "points": points,
+            "time_ratio": [{"budget_s": b, "hybrid_over_vit": ratio[b]} for b in runs]}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

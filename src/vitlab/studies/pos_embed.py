@@ -25,7 +25,6 @@ from ..checkpoint import load_model
 from ..checks import int_arg, text_arg
 from ..errors import VitlabError
 from ..explain.pos_embed import position_embedding_similarity
-from ..io import write_json
 from ..registry import create_model
 from . import _common as common
 from .verdict import compare
@@ -97,10 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          {"embeddings": "at initialisation", "Spearman rho (similarity vs grid distance)":
                           common.summary(initial, 3)["text"]}],
                "per_seed": per_seed}
-    write_json(out / "pos_embed.json", results)
-    plot(first, trained, initial, results, out / "pos_embed.png")
-    log.info("pos-embed: %s: %s (difference %+.3f)", claim["statement"], claim["verdict"], claim["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, difference="%+.3f",
+                         plots={"pos_embed.png": lambda path: plot(first, trained, initial, results, path)})
 
 
 def plot(first: tuple[torch.Tensor, torch.Tensor], trained: list[float], initial: list[float],

@@ -46,7 +46,6 @@ from typing import Any
 
 from ..checks import float_arg, int_arg, int_list_arg, text_arg
 from ..errors import VitlabError
-from ..io import write_json
 from . import _common as common
 from .verdict import compare, undertrained
 
@@ -116,11 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fixres["high size"].append(common.train(args.vit, data, out / f"high-seed{seed}", epochs=args.epochs,
                                                 seed=seed, img_size=args.high_size, quick=args.quick))
     results = summarize(args, seeds, sizes, accuracy, fixres)
-    write_json(out / "resolution.json", results)
-    plot(results, out / "resolution.png")
-    for c in results["claims"]:
-        log.info("resolution: %s: %s (difference %+.3g)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"resolution.png": lambda path: plot(results, path)},
+                         difference="%+.3g")
 
 
 def resolution_data(args: argparse.Namespace, out: Path, largest: int) -> str:

@@ -41,7 +41,6 @@ from ..data import build_data
 from ..data.augment import Normalize
 from ..errors import VitlabError
 from ..explain.distance import pixel_patch_size
-from ..io import write_json
 from . import _common as common
 from .verdict import compare, undertrained
 
@@ -108,11 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         per_seed.append({"seed": seed, "patch_size": list(patch), "matched_images": attacked["matched_images"],
                          "models": evals})
     results = summarize(per_seed, args, seeds, n, num_classes=len(data.classes))
-    write_json(out / "robustness.json", results)
-    plot(results, out / "robustness.png")
-    for c in results["claims"]:
-        log.info("robustness: %s: %s (difference %+.3f)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"robustness.png": lambda path: plot(results, path)},
+                         difference="%+.3f")
 
 
 # --- models ----------------------------------------------------------------------------------------------------

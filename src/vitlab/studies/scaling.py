@@ -27,7 +27,6 @@ import torch
 
 from ..checks import int_arg
 from ..errors import VitlabError
-from ..io import write_json
 from ..registry import create_model
 from . import _common as common
 from .complexity import _slope, memory_mb
@@ -100,10 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "command": common.command_line(NAME, args, add_arguments), "seeds": rounds, "sizes": list(sizes),
                "batch_size": args.batch_size, "claims": [claim], "table": table, "points": points,
                "throughput_slopes": slopes, "memory_slopes": memory_slopes, "paper_pair": paper}
-    write_json(out / "scaling.json", results)
-    plot(results, out / "scaling.png")
-    log.info("scaling: %s: %s (difference %+.3f)", claim["statement"], claim["verdict"], claim["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, plots={"scaling.png": lambda path: plot(results, path)},
+                         difference="%+.3f")
 
 
 def paper_pair(batch: int, repeats: int) -> dict[str, Any]:

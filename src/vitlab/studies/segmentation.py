@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import float_arg, int_arg, text_arg
-from ..io import atomic_path, write_json
+from ..io import atomic_path
+from . import _common as common
 from .verdict import compare, format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             "val_dice": metrics["val_dice"], "train_time_s": times[-1],
                                             "curve_time_s": times, "curve_miou": mious})
     results = summarize(runs, args, seeds)
-    write_json(out / "segmentation.json", results)
-    plot(runs, out / "segmentation.png", quick=args.quick)
+    common.finish(results, out, NAME, log=log,
+                  plots={"segmentation.png": lambda path: plot(runs, path, quick=args.quick)})
     for label, r in results["table"].items():
         log.info("%s: %-10s %5.2fM params  mIoU %s  (%d epochs, %.0f s of training)", NAME, label,
                  r["params"] / 1e6, r["val_miou"], r["epochs"], r["train_time_s"])

@@ -38,7 +38,6 @@ from ..checkpoint import load_model
 from ..checks import int_arg, text_arg
 from ..data import cue_conflict
 from ..errors import VitlabError
-from ..io import write_json
 from . import _common as common
 from .robustness import pixel_space
 from .verdict import compare, undertrained
@@ -103,11 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      models[label]["content"], models[label]["shape_bias"])
         per_seed.append({"seed": seed, "models": models})
     results = summarize(per_seed, args, seeds)
-    write_json(out / "shape_texture.json", results)
-    plot(results, tests, out / "shape_texture.png")
-    c = results["claims"][0]
-    log.info("%s: %s: %s (difference %+.3f)", NAME, c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, difference="%+.3f",
+                         plots={"shape_texture.png": lambda path: plot(results, tests, path)})
 
 
 # --- data --------------------------------------------------------------------------------------------------------

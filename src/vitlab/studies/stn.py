@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..checks import float_arg, int_arg
 from ..errors import VitlabError
-from ..io import atomic_path, write_json
+from ..io import atomic_path
 from ..models.stn import STNClassifier, STNConfig
 from . import _common as common
 from .verdict import compare
@@ -121,11 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if use_stn and seed == seeds[0]:
                 plot_crops(model, val_x[:8], val_labels[:8], bundle.classes, out / "stn_crops.png")
     results = summarize(curves, seconds, args, seeds, epochs)
-    write_json(out / "stn.json", results)
-    plot_curves(curves, results, out / "stn.png")
-    c = results["claims"][0]
-    log.info("stn study: %s: %s (difference %+.2f points)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log, difference="%+.2f points", prefix="stn study",
+                         plots={"stn.png": lambda path: plot_curves(curves, results, path)})
 
 
 def summarize(curves: dict[str, list[list[float]]], seconds: dict[str, list[float]], args: argparse.Namespace,

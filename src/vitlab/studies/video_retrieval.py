@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..checks import float_arg, int_arg, text_arg
-from ..io import write_json
+from ..explain.video import plot_agg_attention   # the picture `vitlab explain` draws for an MMT checkpoint too
 from . import _common as common
 from .verdict import compare
 
@@ -85,11 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if row == "MMT ordered" and seed == seeds[0]:
                 plot_agg_attention(model, data.val, out / "video_retrieval_attention.png")
     results = summarize(scores, seconds, args, seeds, epochs, data)
-    write_json(out / "video_retrieval.json", results)
-    plot_table(results, out / "video_retrieval.png")
-    for c in results["claims"]:
-        log.info("video-retrieval: %s: %s (difference %+.2f)", c["statement"], c["verdict"], c["difference"])
-    return results
+    return common.finish(results, out, NAME, log=log,
+                         plots={"video_retrieval.png": lambda path: plot_table(results, path)})
 
 
 def _data_spec(args: argparse.Namespace) -> str:
@@ -116,8 +113,8 @@ def _shuffle(frames: Tensor, generator: torch.Generator) -> Tensor:
 def train_row(model_name: str, data: Any, tok: Any, *, shuffled: bool, epochs: int, args: argparse.Namespace,
               seed: int) -> torch.nn.Module:
     """One row: AdamW with a cosine schedule on the train clips; quick mode stops after one step."""
-    from ..models.mmt import LOSSES
     from ..registry import create_model
+    from ..tasks.video_text import VideoTextObjective
 
     torch.manual_seed(seed)              # same seed, same frame-encoder start in every row
     model = create_model(model_name, vocab_size=tok.vocab_size, num_frames=args.frames)
@@ -125,8 +122,7 @@ def train_row(model_name: str, data: Any, tok: Any, *, shuffled: bool, epochs: i
     n = len(data.train)
     steps = 1 if args.quick else epochs * math.ceil(n / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-    loss_fn = LOSSES[args.loss]
-    loss_args = {"margin": args.margin} if args.loss == "max_margin" else {}
+    objective = VideoTextObjective(args.loss, args.margin)     # the loss `vitlab train` uses for these models
     ids, mask = tok.encode_batch(data.train.captions)
     g = torch.Generator().manual_seed(seed + 1)
     model.train()
@@ -137,8 +133,7 @@ def train_row(model_name: str, data: Any, tok: Any, *, shuffled: bool, epochs: i
                 continue
             frames = data.train.frames[idx]
             frames = _shuffle(frames, g) if shuffled else frames
-            sim = model(_normalize(frames), ids[idx], mask[idx])["similarity"]
-            loss = loss_fn(sim, **loss_args)
+            loss, _ = objective(model, _normalize(frames), (ids[idx], mask[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,26 +146,23 @@ def train_row(model_name: str, data: Any, tok: Any, *, shuffled: bool, epochs: i
 def similarity_matrix(model: torch.nn.Module, videos: Any, tok: Any, *, shuffled: bool, seed: int,
                       batch_size: int = 128) -> Tensor:
     """(N_video, N_text) cosines of every val clip with every val caption (shuffled: a fixed permutation each)."""
-    import torch.nn.functional as F
+    from ..tasks.video_text import similarity_matrix as cosines
 
     g = torch.Generator().manual_seed(seed + 2)
     frames = _shuffle(videos.frames, g) if shuffled else videos.frames
     ids, mask = tok.encode_batch(videos.captions)
-    v = torch.cat([F.normalize(model.encode_video(_normalize(frames[i:i + batch_size])), dim=-1)
-                   for i in range(0, len(videos), batch_size)])
-    t = torch.cat([F.normalize(model.encode_text(ids[i:i + batch_size], mask[i:i + batch_size]), dim=-1)
-                   for i in range(0, len(videos), batch_size)])
-    return v @ t.t()
+    return cosines(model, frames, ids, mask, normalize=_normalize, batch_size=batch_size)
 
 
 def evaluate(model: torch.nn.Module, videos: Any, tok: Any, *, shuffled: bool, seed: int) -> dict[str, float]:
-    """Text->video R@1/5/10 (%), median and mean rank; identical captions count as matches of each other."""
-    from ..retrieval import retrieval_metrics, retrieval_ranks
+    """Text->video R@1/5/10 (%), median and mean rank; identical captions count as matches of each other (the
+    task's metrics, vitlab.tasks.video_text.retrieval_scores, val_t2v_*)."""
+    from ..tasks.video_text import retrieval_scores
 
     sim = similarity_matrix(model, videos, tok, shuffled=shuffled, seed=seed)          # (V, T)
-    same = torch.tensor([[a == b for b in videos.captions] for a in videos.captions])  # (T, V)
-    m = retrieval_metrics(retrieval_ranks(sim.t(), same))
-    return {name: m[key] * (100.0 if key.startswith("r") and key[1:].isdigit() else 1.0) for name, key in METRICS}
+    m = retrieval_scores(sim, videos.captions, prefix="")
+    return {name: m[f"t2v_{key}"] * (100.0 if key.startswith("r") and key[1:].isdigit() else 1.0)
+            for name, key in METRICS}
 
 
 def summarize(scores: dict[str, list[dict[str, float]]], seconds: dict[str, list[float]], args: argparse.Namespace,
@@ -218,34 +210,4 @@ def plot_table(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(common.quick_title(f"video retrieval on {results['data']}, {len(results['seeds'])} seed(s), "
                                     f"{results['val_clips']} val clips (MSR-VTT: 1000)", results["quick"]), fontsize=9)
-    common.save(fig, path)
-
-
-def plot_agg_attention(model: torch.nn.Module, videos: Any, path: Path, count: int = 4) -> None:
-    """Per clip: its frames, its caption, and the [AGG] token's attention to each frame per layer (heads
-    averaged) - which moments the video embedding for retrieval is read from."""
-    from ..explain.plots import new_figure
-
-    count = min(count, len(videos))
-    frames = videos.frames[:count]                                          # (n, T, 3, S, S) uint8
-    weights = model.agg_attention(_normalize(frames))                       # (n, depth, T)
-    n, depth, T = weights.shape
-    fig = new_figure(1.1 * T + 2.5, 1.5 * n)
-    for i in range(n):
-        for t in range(T):
-            ax = fig.add_subplot(n, T + 2, i * (T + 2) + t + 1)
-            ax.imshow(frames[i, t].permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if t == 0:
-                ax.set_title(videos.captions[i], fontsize=6, loc="left")
-        ax = fig.add_subplot(n, T + 2, (i * (T + 2) + T + 1, i * (T + 2) + T + 2))
-        for layer in range(depth):
-            ax.plot(range(1, T + 1), weights[i, layer].numpy(), marker="o", markersize=3, label=f"layer {layer + 1}")
-        ax.set_ylim(0, max(0.5, float(weights[i].max()) * 1.1))
-        ax.set_xticks(range(1, T + 1))
-        ax.tick_params(labelsize=6)
-        if i == 0:
-            ax.legend(fontsize=6)
-            ax.set_title("[AGG] attention per frame", fontsize=7)
     common.save(fig, path)

@@ -22,7 +22,7 @@ from .base import Task
 _TASK_MODULES = {"classification": ".classification", "detection": ".detection",
                  "segmentation": ".segmentation", "translation": ".translation",
                  "captioning": ".captioning", "self_supervised": ".self_supervised",
-                 "contrastive": ".contrastive"}
+                 "contrastive": ".contrastive", "video_text": ".video_text"}
 
 
 def get_task(name: str) -> Task:

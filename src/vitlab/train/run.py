@@ -48,6 +48,10 @@ class TrainConfig:
     out: str = "runs/train"             # run directory
     epochs: int = 100                   # epochs the schedule spans
     stop_at: int | None = None          # stop after this epoch (resume later with --resume); None = epochs
+    # a time budget in seconds of training (the training loop, as metrics.csv's epoch_time_s: no evaluation or
+    # setup): the run stops at the first optimizer step past it, then evaluates and saves as after an epoch. The
+    # schedule still spans `epochs`; a resumed run continues at the next epoch. None = no limit
+    time_limit_s: float | None = None
     batch_size: int = 32
     lr: float = 2e-3                    # peak learning rate (AdamW)
     weight_decay: float = 0.05          # AdamW decay on weights (not norms, biases, tokens, position embeddings)
@@ -122,6 +126,7 @@ class TrainConfig:
 _RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "model": ("text", {}), "data": ("text", {}), "out": ("text", {}),
     "epochs": ("int", {"at_least": 1}), "stop_at": ("int", {"at_least": 1}),
+    "time_limit_s": ("float", {"above": 0.0}),
     "batch_size": ("int", {"at_least": 1}), "lr": ("float", {"above": 0.0}),
     "weight_decay": ("float", {"at_least": 0.0}), "warmup_epochs": ("float", {"at_least": 0.0}),
     "min_lr_ratio": ("float", {"at_least": 0.0, "at_most": 1.0}),
@@ -140,8 +145,8 @@ _RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "fsdp": ("bool", {}), "grad_checkpointing": ("bool", {}), "compile": ("bool", {}), "channels_last": ("bool", {}),
     "tensorboard": ("bool", {}), "ce_weight": ("float", {"at_least": 0.0}), "dice_weight": ("float", {"at_least": 0.0}),
 }
-_OPTIONAL = {"model", "stop_at", "img_size", "drop_path", "checkpoint", "hflip", "teacher", "distill_tau",
-             "distill_alpha"}
+_OPTIONAL = {"model", "stop_at", "time_limit_s", "img_size", "drop_path", "checkpoint", "hflip", "teacher",
+             "distill_tau", "distill_alpha"}
 MAX_WARMUP_FRACTION = 0.2   # warm-up takes at most this share of the run: a 5-epoch run is not all warm-up
 
 
@@ -292,7 +297,8 @@ def build_trainer(cfg: TrainConfig, task: Task, model: torch.nn.Module, data: An
     task.bind_optimizer(objective, optimizer, steps_per_epoch)   # objectives that act after each step (DINO)
     trainer = Trainer(net, objective, optimizer, scheduler, batch_transform=augment, device=procs.device,
                       precision=procs.precision, clip_grad=cfg.clip_grad, ema=ema, grad_accum=cfg.grad_accum,
-                      memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+                      memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
+                      time_limit_s=cfg.time_limit_s)
     return trainer, train_batches
 
 
@@ -357,6 +363,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     if start_epoch >= last_epoch:
         raise VitlabError(f"{out}: nothing to train (already at epoch {start_epoch} of {cfg.epochs}); "
                           "pass a larger --epochs to continue")
+    trainer.train_time_s = sum(h["epoch_time_s"] for h in history)     # a resumed run's time so far counts
+    if cfg.time_limit_s is not None and trainer.train_time_s >= cfg.time_limit_s:
+        raise VitlabError(f"{out}: nothing to train (already {trainer.train_time_s:.1f} s of training, "
+                          f"--time-limit-s {cfg.time_limit_s:g}); pass a larger --time-limit-s to continue")
     params = sum(p.numel() for p in model.parameters())
     log.info("%s (%s): %.2fM parameters, %d classes, %d train / %d val %s%s, %s %s", cfg.model,
              task.name, params / 1e6, len(data.classes), len(data.train), len(data.val),
@@ -382,6 +392,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             write_text(out / "metrics.csv", _csv(history))
         if tb is not None:
             tb.epoch(history[-1])
+        if trainer.out_of_time:
+            log.info("time limit: %.1f s of training (--time-limit-s %g) reached at step %d, in epoch %d of %d; "
+                     "stopped", trainer.train_time_s, cfg.time_limit_s, trainer.step, epoch, cfg.epochs)
+            break
 
     metrics = {
         "model": cfg.model, "task": task.name, "data": data.name, "epochs": history[-1]["epoch"],
@@ -391,6 +405,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         "train_images": len(data.train), "val_images": len(data.val), "image_size": image_size,
         "device": str(procs.device), "precision": procs.precision, "wall_time_s": time.perf_counter() - t_start,
     }
+    if cfg.time_limit_s is not None:   # what the budget bought: the loop's seconds (epoch_time_s summed), steps
+        metrics.update(time_limit_s=cfg.time_limit_s, train_time_s=trainer.train_time_s, steps=trainer.step,
+                       stopped_at_time_limit=trainer.out_of_time)
     if procs.dist.is_main:
         write_json(out / "metrics.json", metrics)
         figures = (write_report(out, task, trainer, model, cfg, data, result, history, procs.device)

@@ -24,14 +24,15 @@ class NonFiniteLoss(VitlabError):
 
 
 class Trainer:
-    """One optimizer step per batch (or per `grad_accum` batches); gradient clipping; EMA; autocast."""
+    """One optimizer step per batch (or per `grad_accum` batches); gradient clipping; EMA; autocast; an optional
+    limit on the seconds of training, checked after every optimizer step."""
 
     def __init__(self, model: nn.Module, objective: Callable[..., tuple[Tensor, dict[str, Tensor]]],
                  optimizer: torch.optim.Optimizer, scheduler: Any, *, batch_transform: nn.Module,
                  device: torch.device, precision: str = "fp32", clip_grad: float = 0.0,
                  ema: ModelEMA | None = None, grad_accum: int = 1,
                  memory_format: torch.memory_format = torch.contiguous_format,
-                 on_step: StepHook | None = None) -> None:
+                 on_step: StepHook | None = None, time_limit_s: float | None = None) -> None:
         self.model, self.objective = model, objective
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batch_transform = batch_transform
@@ -42,6 +43,12 @@ class Trainer:
         # called after each optimizer step with the step's mean loss and named parts over its batches and the lr
         # it used (TensorBoard); reading them costs one host sync per step, so only when set
         self.on_step = on_step
+        # a time budget: train_epoch stops at the first optimizer step at which train_time_s (every epoch's loop,
+        # as epoch_time_s measures it) has reached time_limit_s, and sets out_of_time. The clock is the host's: on
+        # CUDA the kernels queued by then still run, as they do at the end of every epoch
+        self.time_limit_s = time_limit_s
+        self.train_time_s = 0.0  # seconds spent in train_epoch so far (a resumed run sets what its epochs took)
+        self.out_of_time = False
         # On CUDA the non-finite check must not wait for the GPU every step. With a fused optimizer the flag
         # stays on the device: the optimizer skips its update there once it is set (the GradScaler mechanism),
         # and the host reads it every `check_every` batches and at the end of the epoch.
@@ -55,8 +62,10 @@ class Trainer:
         """Train on every batch once. A batch is (uint8 images (B, 3, H, W), targets): a label tensor, or any
         nesting of lists/dicts of tensors (detection: one dict of boxes and labels per image), moved to the device
         as it is. Returns the mean loss, the mean of each named part the objective reports (`train_<name>`),
-        images/s and the last lr."""
+        images/s, the last lr and the epoch's seconds; over time_limit_s it returns after fewer batches, at a step
+        boundary, with out_of_time set."""
         self.model.train()
+        self.out_of_time = False
         it = progress(batches, total=total, desc=f"epoch {epoch}") if progress else batches
         loss_sum, seen, t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
         part_sums: dict[str, Tensor] = {}
@@ -88,6 +97,8 @@ class Trainer:
             if micro % self.grad_accum == 0:
                 self.optimizer_step(step_sums, self.grad_accum)
                 step_sums = {}
+                if self.time_is_up(time.perf_counter() - t0):
+                    break
             if progress and hasattr(it, "set_postfix") and micro % 10 == 0:
                 shown = {k: f"{v.item():.3f}" for k, v in list(parts.items())[:4]} if len(parts) > 1 else {}
                 it.set_postfix(loss=f"{loss.item():.3f}", **shown,
@@ -97,6 +108,9 @@ class Trainer:
             self.optimizer_step(step_sums, micro % self.grad_accum)
         self.check_finite(None, epoch, force=True)
         elapsed = time.perf_counter() - t0
+        self.train_time_s += elapsed
+        if not self.out_of_time:      # the epoch's last step and its closing work can also end the budget
+            self.time_is_up(0.0)
         from .distributed import sum_over_ranks
 
         total_seen = max(sum_over_ranks(seen), 1)
@@ -104,6 +118,19 @@ class Trainer:
         parts_mean = {f"train_{k}": float(sum_over_ranks(v) / total_seen) for k, v in part_sums.items()}
         return {"train_loss": float(mean_loss), **parts_mean, "images_per_s": seen / max(elapsed, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}
+
+    def time_is_up(self, epoch_s: float) -> bool:
+        """Whether earlier epochs' training time plus `epoch_s` of this one has reached time_limit_s (sets
+        out_of_time). Under torchrun every rank takes the slowest clock's answer, so all stop at the same step."""
+        if self.time_limit_s is None:
+            return False
+        up = self.train_time_s + epoch_s >= self.time_limit_s
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from .distributed import any_rank
+
+            up = bool(any_rank(torch.tensor(up, device=self.device)).item())
+        self.out_of_time = up
+        return up
 
     def check_finite(self, loss: Tensor | None, epoch: int, force: bool) -> None:
         """Raise NonFiniteLoss, on every rank at once, if the loss became NaN/inf: before the optimizer step
