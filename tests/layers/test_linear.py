@@ -2,6 +2,8 @@
 GELU too in Mlp at inference). Each path must equal the plain one, and the fast path must really be the one taken."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -62,6 +64,7 @@ def test_fp32_and_bf16_tensors_without_autocast_take_onednn_at_inference(spy):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_fp32_training_path_equals_addmm_forward_and_gradients(monkeypatch, bias):
+    monkeypatch.setattr(K, "_FP32_TRAIN", True)                  # the path under test, on any vendor's CPU
     calls = []
     real = K._OneDNNLinear.apply
     monkeypatch.setattr(K._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
@@ -83,6 +86,34 @@ def test_fp32_training_path_equals_addmm_forward_and_gradients(monkeypatch, bias
     xi = x.clone().requires_grad_()
     fast(xi).sum().backward()                                     # a frozen weight: only dx is computed
     assert fast.weight.grad is not None and xi.grad is not None
+
+
+@pytest.mark.parametrize("vendor, env, expected", [
+    ("AuthenticAMD", "", True), ("GenuineIntel", "", False), ("", "", True),
+    ("GenuineIntel", "onednn", True), ("AuthenticAMD", "mkl", False), ("AuthenticAMD", " MKL ", False),
+    ("GenuineIntel", "bogus", False),
+])
+def test_fp32_training_gemm_policy_by_vendor_and_override(monkeypatch, vendor, env, expected):
+    monkeypatch.setattr(K, "_VENDOR", vendor)
+    monkeypatch.setattr(K, "_FP32_TRAIN", None)
+    monkeypatch.setenv("VITLAB_FP32_TRAIN_GEMM", env)
+    assert K.onednn_fp32_training() is expected
+    calls = []
+    real = K._OneDNNLinear.apply
+    monkeypatch.setattr(K._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
+    layer, x = L.Linear(8, 4), torch.randn(5, 8, requires_grad=True)
+    out = layer(x)
+    assert len(calls) == int(expected and K.onednn_available())
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_vendor_reads_proc_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.setattr(K, "_VENDOR", None)
+    assert K.cpu_vendor() == K.cpu_vendor()                       # cached
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        line = next((ln for ln in info.read_text(errors="replace").splitlines() if ln.startswith("vendor_id")), "")
+        assert K.cpu_vendor() == (line.split(":", 1)[1].strip() if line else "")
 
 
 def test_plain_path_under_tracing_and_off_the_cpu(spy):

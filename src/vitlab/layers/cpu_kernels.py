@@ -7,7 +7,8 @@ What is here, and what each buys (benchmarks/cpu_ablation.py, interleaved in one
   on the same shapes (ViT-Ti fc1 at batch 32: 8.3 ms vs 3.5 ms). Eager `F.linear` with a bias also copies the bias
   into every output row before the GEMM; oneDNN adds it in the GEMM's epilogue, and `linear_gelu` puts Mlp's GELU
   there too at inference. Paths: inference (no autograd), fp32 or bf16 -> one oneDNN call; fp32 training -> the
-  oneDNN forward and a backward of addmm's three products (dx = dy W in oneDNN, dW = dy^T x, db = row sum of dy);
+  oneDNN forward and a backward of addmm's three products (dx = dy W in oneDNN, dW = dy^T x, db = row sum of dy)
+  everywhere but on Intel CPUs, where MKL's fp32 GEMM is the faster (`onednn_fp32_training`);
   bf16 training -> None (nn.Linear's GEMMs are oneDNN already; a oneDNN version measured 1.00x).
 - Packed weights (`frozen` Linears, see layers.linear.freeze_for_inference): the weight kept in oneDNN's blocked
   layout between inference calls instead of reordered inside every GEMM (ViT-Ti/16 and ViT-B/16 bf16 inference
@@ -21,6 +22,8 @@ rounding of a different summation order.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -28,6 +31,8 @@ from torch import Tensor
 # --- where the kernels run ---------------------------------------------------------------------------------------
 _ONEDNN: bool | None = None
 _ONEDNN_BF16: bool | None = None
+_VENDOR: str | None = None
+_FP32_TRAIN: bool | None = None
 
 
 def onednn_available() -> bool:
@@ -44,6 +49,35 @@ def onednn_bf16_available() -> bool:
     if _ONEDNN_BF16 is None:
         _ONEDNN_BF16 = onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return _ONEDNN_BF16
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id as /proc/cpuinfo gives it ("GenuineIntel", "AuthenticAMD", ...); "" where unknown."""
+    global _VENDOR
+    if _VENDOR is None:
+        _VENDOR = ""
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("vendor_id"):
+                        _VENDOR = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+    return _VENDOR
+
+
+def onednn_fp32_training() -> bool:
+    """Whether fp32 training GEMMs go to oneDNN rather than F.linear (MKL). MKL's fp32 GEMM is the slow one on
+    AMD (the EPYC of docs/performance.md: oneDNN 1.45x in training) and the fast one on Intel (a Xeon with
+    AVX-512, ViT-Ti/16 training batch 32: oneDNN 0.70x), so oneDNN is taken everywhere but on Intel CPUs.
+    VITLAB_FP32_TRAIN_GEMM=onednn|mkl overrides the choice (for measurements). Decided once per process, so a run
+    and its resume take the same path on the same machine."""
+    global _FP32_TRAIN
+    if _FP32_TRAIN is None:
+        choice = os.environ.get("VITLAB_FP32_TRAIN_GEMM", "").strip().lower()
+        _FP32_TRAIN = choice == "onednn" if choice in ("onednn", "mkl") else cpu_vendor() != "GenuineIntel"
+    return _FP32_TRAIN
 
 
 def _tracing() -> bool:
@@ -73,7 +107,7 @@ def linear(layer: nn.Linear, x: Tensor, frozen: bool = False) -> Tensor | None:
     dtype = onednn_dtype(x, layer.weight)
     if dtype is not None and not torch.is_grad_enabled():
         return onednn_linear(x, layer.weight, layer.bias, dtype, pack_on=layer if frozen else None)
-    if dtype == torch.float32:                            # fp32 training; bf16 training stays on F.linear
+    if dtype == torch.float32 and onednn_fp32_training():  # fp32 training; bf16 training stays on F.linear
         shape = x.shape
         out = _OneDNNLinear.apply(x.reshape(-1, shape[-1]), layer.weight, layer.bias)      # (rows, out)
         return out.reshape(*shape[:-1], -1)                                                 # (..., out)
