@@ -7,7 +7,7 @@
         z_t = beta_t * sum_i alpha_ti a_i,  beta_t = sigmoid(f_beta(h_{t-1}))             (§4.2.1, the gating scalar)
         h_t = LSTM([E y_{t-1}; z_t], h_{t-1})
         p(y_t) ~ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))                                  (eq. 7, deep output)
-        h_0, c_0 = tanh(MLP(mean_i a_i))
+        h_0, c_0 = tanh(MLP(mean_i a_i))    (§3.1.2; `lstm_init` "zeros" or "learned" starts from a constant instead)
     doubly stochastic attention (eq. 14): lambda * sum_i (1 - sum_t alpha_ti)^2 is added to the loss, so every
     image region is looked at about once over the caption.
 
@@ -55,6 +55,9 @@ class CaptionerConfig:
     max_len: int = 40                       # longest token sequence (bos + words + eos)
     dropout: float = 0.1
     doubly_stochastic: float = 1.0          # lstm: lambda of eq. 14 (0 = off); the objective reads it
+    lstm_init: str = "mean"                 # lstm: h0, c0 = tanh(MLP(mean of the annotations)) as §3.1.2; "zeros" or
+                                            # "learned" (a trained constant): the image then reaches the LSTM only
+                                            # through its attention
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)   # input normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,14 +98,29 @@ class ImageEncoder(nn.Module):
         return feats if self.pos is None else feats + self.pos.to(feats.dtype)
 
 
+LSTM_INITS = ("mean", "zeros", "learned")
+
+
 class SoftAttentionLSTM(nn.Module):
     """The paper's decoder (see the module docstring). ids (B, T) (bos first), feats (B, N, C) ->
-    logits (B, T, vocab), alphas (B, T, N)."""
+    logits (B, T, vocab), alphas (B, T, N).
 
-    def __init__(self, vocab_size: int, dim: int, feat_dim: int, attn_dim: int, dropout: float) -> None:
+    init: where h_0, c_0 (B, dim) come from. "mean": tanh of a linear map of the mean annotation (Xu et al. 2015,
+    §3.1.2: "predicted by an average of the annotation vectors fed through two separate MLPs"); "zeros": zero
+    vectors; "learned": one trained vector each, the same for every image. With "zeros" or "learned" the initial
+    state carries nothing of the image, so what the LSTM knows of it comes through z_t, i.e. its attention."""
+
+    def __init__(self, vocab_size: int, dim: int, feat_dim: int, attn_dim: int, dropout: float,
+                 init: str = "mean") -> None:
         super().__init__()
+        if init not in LSTM_INITS:
+            raise VitlabError(f"lstm_init must be one of {', '.join(LSTM_INITS)}, got {init!r}")
+        self.init = init
         self.embed = nn.Embedding(vocab_size, dim)
-        self.init_h, self.init_c = nn.Linear(feat_dim, dim), nn.Linear(feat_dim, dim)
+        if init == "mean":
+            self.init_h, self.init_c = nn.Linear(feat_dim, dim), nn.Linear(feat_dim, dim)
+        elif init == "learned":       # starts at zero, as the "zeros" state, and is trained
+            self.h0, self.c0 = nn.Parameter(torch.zeros(1, dim)), nn.Parameter(torch.zeros(1, dim))
         self.att_feat, self.att_hidden = nn.Linear(feat_dim, attn_dim), nn.Linear(dim, attn_dim)
         self.att_score = nn.Linear(attn_dim, 1)
         self.gate = nn.Linear(dim, feat_dim)
@@ -111,10 +129,20 @@ class SoftAttentionLSTM(nn.Module):
         self.out = nn.Linear(dim, vocab_size)
         self.drop = nn.Dropout(dropout)
 
+    def initial_state(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """feats (B, N, C) -> h_0, c_0 (B, dim) each, as `init` says."""
+        B = feats.shape[0]
+        if self.init == "mean":
+            mean = feats.mean(1)                                             # (B, C)
+            return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        if self.init == "learned":
+            return self.h0.expand(B, -1).to(feats.dtype), self.c0.expand(B, -1).to(feats.dtype)
+        zeros = feats.new_zeros(B, self.cell.hidden_size)
+        return zeros, zeros
+
     def forward(self, ids: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
         B, T = ids.shape                                                     # batch, steps
-        mean = feats.mean(1)                                                 # (B, C)
-        h, c = torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, dim) each
+        h, c = self.initial_state(feats)                                     # (B, dim) each
         keys = self.att_feat(feats)                                          # (B, N, attn_dim): W_a a_i, once
         emb = self.embed(ids)                                                # (B, T, dim)
         logits, alphas = [], []
@@ -143,6 +171,9 @@ class Captioner(nn.Module):
             raise VitlabError(f"a captioner needs a vocabulary (num_classes) of at least 5, got {cfg.num_classes}")
         if not cfg.doubly_stochastic >= 0:                  # NaN too
             raise VitlabError(f"doubly_stochastic (eq. 14's lambda) must be >= 0, got {cfg.doubly_stochastic}")
+        if cfg.lstm_init != "mean" and cfg.decoder != "lstm":
+            raise VitlabError(f"lstm_init is the LSTM decoder's initial state (§3.1.2); this model has a "
+                              f"{cfg.decoder} decoder")
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.encoder = ImageEncoder(cfg)
@@ -152,7 +183,8 @@ class Captioner(nn.Module):
                                                   cfg.ffn_dim, cfg.dropout, norm_first=True,
                                                   memory_dim=cfg.encoder_dim, act_layer=nn.GELU)
         else:
-            self.decoder = SoftAttentionLSTM(cfg.num_classes, cfg.dim, cfg.encoder_dim, cfg.attn_dim, cfg.dropout)
+            self.decoder = SoftAttentionLSTM(cfg.num_classes, cfg.dim, cfg.encoder_dim, cfg.attn_dim, cfg.dropout,
+                                             init=cfg.lstm_init)
 
     @property
     def grid_size(self) -> tuple[int, int]:
