@@ -2,9 +2,11 @@
 Skipped where timm does not import (.venv), except under VITLAB_ORACLE=1, where a missing timm fails.
 
 Here: the hybrid ViT (BiT ResNet-v2 stem) in timm's own variants and at another size, ConvMixer on an input that
-is no multiple of its patch, and resample_abs_pos_embed at other grids. (timm reads Google .npz files but writes
-none; the plain-ViT .npz check writes one with vitlab.convert.npz, test_timm.py. A hybrid .npz is not read by
-vitlab yet, so Google's R50+ViT-B/16 .npz has no check.) The other families' live
+is no multiple of its patch, resample_abs_pos_embed at other grids, and the hybrid as a Google .npz (the layout of
+the paper's R50+ViT-B_16.npz): timm reads Google .npz files but writes none, so tests/fixtures/google_npz.py writes
+one from timm's state dict by the names timm's loader reads, timm loads it into a fresh model, and vitlab must give
+that model's logits; vitlab's own writer must give a file timm reads the same way. (The plain-ViT .npz check is in
+test_timm.py.) The other families' live
 checks (vit_*, deit_* with distillation, swin_*, convnext_*, mixer_*, convmixer_*, resnet*) sit beside their
 offline tests (test_timm.py, tests/models/test_timm_convnets.py, test_swin.py, tests/bench/test_throughput.py).
 
@@ -13,12 +15,16 @@ which vitlab does not implement), so those two families have no timm oracle; CvT
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from vitlab.checkpoint import load_model
+from vitlab.convert.npz import vit_to_npz_arrays
 from vitlab.layers.pos_embed import resample_pos_embed
 
 TOL = 1e-4
@@ -65,6 +71,43 @@ def test_timm_hybrid_logits(tmp_path, timm, name, size, kw):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     if name == "vit_small_r26_s32_224":                           # no name: recognised from the weights alone
         assert load_model(tmp_path / "w.pth").vitlab_name == name
+
+
+def _timm_hybrid_to_google():
+    """tests/fixtures/google_npz.py's writer (a script beside the golden files, not a package: loaded by path)."""
+    path = Path(__file__).parents[1] / "fixtures" / "google_npz.py"
+    spec = importlib.util.spec_from_file_location("google_npz", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.timm_hybrid_to_google
+
+
+NPZ_HYBRIDS = [("vit_small_r26_s32_224", {}, "vit_small_r26_s32_224"),
+               ("vit_base_r50_s16_384", {"img_size": 224}, "vit_base_r50_s16_224")]   # the paper's R50+ViT-B/16
+
+
+@pytest.mark.parametrize("name,kw,ours_name", NPZ_HYBRIDS, ids=[h[0] for h in NPZ_HYBRIDS])
+def test_hybrid_npz_read_by_timm_equals_ours(tmp_path, timm, name, kw, ours_name):
+    """A hybrid .npz in Google's layout: timm's own loader and ours give the same logits; and the .npz vitlab
+    writes is read by timm into the same model."""
+    torch.manual_seed(0)
+    build = lambda: timm.create_model(name, pretrained=False, depth=1, num_classes=5, **kw)  # noqa: E731
+    ref = _randomize_(build())
+    x = torch.randn(1, 3, 224, 224)
+    path = tmp_path / "google.npz"
+    np.savez(path, **_timm_hybrid_to_google()(ref.state_dict(), ref.blocks[0].attn.num_heads))
+    timm_npz = build()
+    timm_npz.load_pretrained(str(path))
+    expect = _logits(timm_npz.eval(), x)
+    torch.testing.assert_close(expect, _logits(ref, x), atol=1e-5, rtol=0)      # the file holds ref's weights
+    ours = load_model(path)                                                     # no name: read off the arrays
+    assert ours.vitlab_name == ours_name
+    torch.testing.assert_close(_logits(ours, x), expect, atol=TOL, rtol=0)
+
+    np.savez(tmp_path / "vitlab.npz", **vit_to_npz_arrays(ours))
+    timm_again = build()
+    timm_again.load_pretrained(str(tmp_path / "vitlab.npz"))
+    torch.testing.assert_close(_logits(timm_again.eval(), x), expect, atol=1e-5, rtol=0)
 
 
 def test_hybrid_at_another_size_equals_timm_checkpoint_filter(tmp_path, timm):

@@ -10,6 +10,10 @@
 Flax stores Dense kernels as (in, out), conv kernels as (h, w, in, out) and attention kernels per head:
 q/k/v (dim, heads, head_dim), out (heads, head_dim, dim). Flax LayerNorm eps is 1e-6. np.load runs with
 allow_pickle=False: an .npz cannot execute code.
+
+The paper's hybrids (R50+ViT-B_16 and AugReg's R26+S/32, R50+L/32; vision_transformer layout) add a ResNet root and
+stages at the top level (`conv_root/`, `block{s}/unit{j}/`): npz_hybrid.py holds that half's table, and such a
+file loads as vitlab's BiT HybridViT (vit_base_r50_s16_*, vit_small_r26_s32_*, ...).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..layers import to_2tuple
 from . import Checkpoint, Format, register_format
 from ._keymap import KeyTable, fuse_qkv, rename, rename_or_raise, split_qkv
 from ._vit import vit_checkpoint
+from .npz_hybrid import backbone_from_npz, backbone_to_npz, is_hybrid_arrays, split_backbone
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +107,18 @@ def is_npz(path: Path) -> bool:
     return path.is_file() and path.suffix == ".npz" and zipfile.is_zipfile(path)
 
 
-def read_npz(path: Path, img_size: int | tuple[int, int] | None = None, **_: Any) -> Checkpoint:
-    """Read a Google .npz; with `img_size`, resample its position table there the way Google's code does."""
+def read_npz(path: Path, img_size: int | tuple[int, int] | None = None, model: str | None = None,
+             **_: Any) -> Checkpoint:
+    """Read a Google .npz; with `img_size`, resample its position table there the way Google's code does.
+    `model` names the vitlab model of a hybrid (ResNet + ViT) file; a plain ViT's name comes from its shapes."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as e:
         raise VitlabError(f"{path}: not a plain-array .npz ({e})") from None
+    prefix = _prefix(arrays)
+    if is_hybrid_arrays(arrays, prefix):
+        return _read_hybrid(arrays, prefix, path, img_size, model)
     sd, layout = vitlab_names_from_npz(arrays, path)
     heads = arrays_heads(sd)
     sd = fuse_qkv({k: flax_to_torch(k, v) for k, v in sd.items()})
@@ -121,6 +131,27 @@ def read_npz(path: Path, img_size: int | tuple[int, int] | None = None, **_: Any
     # Resampled later (load_weights without img_size here): bilinear is the nearest of F.interpolate's modes.
     return vit_checkpoint(sd, family="vit", source=f"npz ({layout})", num_heads=heads, norm_eps=1e-6,
                           img_size=img_size, interpolation="bilinear", antialias=False)
+
+
+def _read_hybrid(arrays: dict[str, np.ndarray], prefix: str, path: Path, img_size: int | tuple[int, int] | None,
+                 model: str | None) -> Checkpoint:
+    """A hybrid .npz: the ResNet through npz_hybrid's table, the ViT through this file's; then the timm-hybrid
+    reader's architecture inference (the two share vitlab's parameter names)."""
+    from .timm_hybrid import hybrid_checkpoint
+
+    resnet, vit = split_backbone({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    sd, layout = vitlab_names_from_npz(vit, path)
+    heads = arrays_heads(sd)
+    sd = fuse_qkv({k: flax_to_torch(k, v) for k, v in sd.items()})
+    sd.update(backbone_from_npz(_as_tensors(resnet, path), path))
+    ckpt = hybrid_checkpoint(sd, heads, model, path, source=f"npz ({layout}, hybrid)", interpolation="bilinear",
+                             antialias=False)
+    if img_size is not None and "pos_embed" in sd:     # Google's zoom on the feature-map grid (stride, not 1x1)
+        stride = 4 * 2 ** (len(ckpt.model_args["extra"]["backbone"]["layers"]) - 1)     # BiTConfig.stride
+        new_grid = tuple(s // stride for s in to_2tuple(img_size))
+        ckpt.state_dict["pos_embed"] = resample_like_google(sd["pos_embed"], new_grid, int("cls_token" in sd))
+        ckpt.model_args["img_size"] = img_size
+    return ckpt
 
 
 def resample_like_google(pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
@@ -142,7 +173,7 @@ def resample_like_google(pos_embed: Tensor, new_grid: tuple[int, int], num_prefi
 def vitlab_names_from_npz(arrays: dict[str, np.ndarray], path: Path | str = "checkpoint"
                           ) -> tuple[dict[str, Tensor], str]:
     """Strip the prefix, unstack scanned blocks and rename; returns (Flax-shaped tensors with vitlab names, layout)."""
-    prefix = next(p for p in PREFIXES if f"{p}embedding/kernel" in arrays or p == "")
+    prefix = _prefix(arrays)
     arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     if "embedding/kernel" not in arrays:
         raise VitlabError(f"{path}: no ViT embedding/kernel in this .npz (first keys: {', '.join(list(arrays)[:4])})")
@@ -153,13 +184,22 @@ def vitlab_names_from_npz(arrays: dict[str, np.ndarray], path: Path | str = "che
             if old in arrays:
                 arrays["pos_embedding"] = arrays.pop(old)
     layout = "big_vision" if big_vision else "vision_transformer"
+    return rename_or_raise(_as_tensors(arrays, path), LAYOUTS[layout],
+                           what=f"{path}: {layout} arrays this ViT converter does not support"), layout
+
+
+def _prefix(arrays: dict[str, Any]) -> str:
+    """Where the parameters sit in the file: `opt/target/` (a training state), big_vision's `params/...`, or top."""
+    return next(p for p in PREFIXES if f"{p}embedding/kernel" in arrays or p == "")
+
+
+def _as_tensors(arrays: dict[str, np.ndarray], path: Path | str) -> dict[str, Tensor]:
     tensors = {}
     for k, v in arrays.items():
         if v.dtype.kind not in "fiu":
             raise VitlabError(f"{path}: {k} has dtype {v.dtype}; only float/int arrays are read")
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v)).float()
-    return rename_or_raise(tensors, LAYOUTS[layout], what=f"{path}: {layout} arrays this ViT converter does not "
-                                                          f"support"), layout
+    return tensors
 
 
 def arrays_heads(sd: dict[str, Tensor]) -> int:
@@ -194,11 +234,19 @@ register_format(Format("npz", is_npz, read_npz,
 
 # --- writing (tests, and handing weights back to JAX users) -------------------------------------------------------
 def vit_to_npz_arrays(model: torch.nn.Module, layout: str = "vision_transformer") -> dict[str, np.ndarray]:
-    """A vitlab ViT's weights as Google's .npz arrays (`np.savez(path, **arrays)`)."""
+    """A vitlab ViT's weights as Google's .npz arrays (`np.savez(path, **arrays)`). A BiT hybrid (HybridViT on
+    models/bit.py) is written in the vision_transformer layout with its ResNet arrays at the top level."""
     if layout not in LAYOUTS:
         raise VitlabError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     c = model.cfg
-    sd = split_qkv({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    resnet: dict[str, Tensor] = {}
+    if any(k.startswith("patch_embed.backbone.") for k in sd):
+        if layout != "vision_transformer" or c.extra.get("backbone", {}).get("kind") != "bit":
+            raise VitlabError("only a BiT hybrid in the vision_transformer layout has a Google .npz form")
+        resnet = backbone_to_npz(sd)
+        sd = {k: v for k, v in sd.items() if not k.startswith("patch_embed.backbone.")}
+    sd = split_qkv(sd)
     if layout == "big_vision" and "cls_token" in sd:
         pe = sd["pos_embed"]
         if pe[:, :1].abs().max() > 0:                  # fold [CLS]'s position into the token itself
@@ -209,4 +257,4 @@ def vit_to_npz_arrays(model: torch.nn.Module, layout: str = "vision_transformer"
     if unknown:
         raise VitlabError(f"no {layout} name for {', '.join(unknown)}")
     prefix = "params/" if layout == "big_vision" else ""
-    return {prefix + k: v.contiguous().numpy() for k, v in named.items()}
+    return {prefix + k: v.contiguous().numpy() for k, v in {**resnet, **named}.items()}
