@@ -181,6 +181,8 @@ def clip_to_hf(model: nn.Module) -> tuple[HFConfig, dict[str, Tensor], HFConfig]
     """A vitlab CLIP as transformers' CLIPModel (config, weights, preprocessor)."""
     c = model.cfg
     name = getattr(model, "vitlab_name", "model")
+    if getattr(c, "vision", "vit") != "vit":
+        raise VitlabError(f"{name}: transformers' CLIPModel has a ViT image tower only; this one is {c.vision}")
     if c.text_pool == "argmax" and c.eos_id != 2:
         raise VitlabError(f"{name}: pools text at argmax(ids), which transformers does only with eos_token_id 2")
     swap = _eos_swap(model)

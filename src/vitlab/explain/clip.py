@@ -66,6 +66,9 @@ def explain_clip(model: nn.Module, inputs: Sequence[str], out: str | Path, *, te
     `texts` (default: each of the checkpoint's classes, embedded through its templates and averaged as zero-shot
     does). Writes out/rollout.png, text_maps.png, similarity.png, index.html and summary.json; returns the summary
     with "similarity" (images x prompts cosine), "files", "report" and "lines"."""
+    if getattr(model.cfg, "vision", "vit") != "vit":
+        raise VitlabError(f"{getattr(model, 'vitlab_name', 'this CLIP')}: vitlab explain draws a ViT image tower's "
+                          f"rollout and patch maps; this one has a {model.cfg.vision} tower")
     from ..io import write_json
     from ..tasks.contrastive import GENERIC_TEMPLATES, clip_tokenizer, encode_texts, zero_shot_classifier
     from .report import ReportFigure, model_input, write_html

@@ -48,10 +48,13 @@ class CLIPConfig:
     img_size: int = 224                     # input side in pixels
     patch_size: int = 32                    # pixels per side of a patch
     in_chans: int = 3
-    vision_dim: int = 768                   # image tower width
+    vision: str = "vit"                     # image tower: "vit" (ours, CLIP's ln_pre) or "resnet" (CLIP's RN50 kind)
+    vision_dim: int = 768                   # image tower width (ViT)
     vision_depth: int = 12
     vision_heads: int = 12
     vision_mlp_ratio: float = 4.0
+    vision_layers: tuple[int, ...] = (3, 4, 6, 3)   # resnet: bottlenecks per stage (RN50's)
+    vision_width: int = 64                  # resnet: stem width, doubled each stage (the pool sees 32x this)
     text_dim: int = 512                     # text tower width
     text_depth: int = 12
     text_heads: int = 8
@@ -109,17 +112,28 @@ class CLIP(nn.Module):
             raise VitlabError(f"text_pool must be 'eos' or 'argmax', got {cfg.text_pool!r}")
         if not 0 <= cfg.eos_id < cfg.vocab_size:
             raise VitlabError(f"eos_id {cfg.eos_id} is outside the vocabulary of {cfg.vocab_size}")
+        if cfg.vision not in ("vit", "resnet"):
+            raise VitlabError(f"vision must be 'vit' or 'resnet', got {cfg.vision!r}")
+        cfg.vision_layers = tuple(cfg.vision_layers)
         self.cfg = cfg
-        self.visual = CLIPVisionTower(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-                                      num_classes=0, dim=cfg.vision_dim, depth=cfg.vision_depth,
-                                      num_heads=cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio,
-                                      norm_eps=cfg.norm_eps, act=cfg.act, mean=cfg.mean, std=cfg.std)
+        self.visual: nn.Module
+        if cfg.vision == "resnet":           # OpenAI RN: the attention pool projects to the joint space itself
+            from .clip_resnet import CLIPResNet
+
+            self.visual = CLIPResNet(cfg.vision_layers, cfg.vision_width, cfg.vision_heads, cfg.embed_dim,
+                                     img_size=cfg.img_size, in_chans=cfg.in_chans)
+        else:
+            self.visual = CLIPVisionTower(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+                                          num_classes=0, dim=cfg.vision_dim, depth=cfg.vision_depth,
+                                          num_heads=cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio,
+                                          norm_eps=cfg.norm_eps, act=cfg.act, mean=cfg.mean, std=cfg.std)
         embed = TokenEmbedding(cfg.vocab_size, cfg.text_dim, cfg.context_length, positions="learned", dropout=0.0,
                                scale=False)
         self.text = TextEncoder(embed, cfg.text_depth, cfg.text_dim, cfg.text_heads,
                                 int(cfg.text_dim * cfg.text_mlp_ratio), dropout=0.0, norm_first=True, causal=True,
                                 act_layer=ACTIVATIONS[cfg.act])
-        self.visual_projection = nn.Linear(cfg.vision_dim, cfg.embed_dim, bias=False)
+        self.visual_projection: nn.Module = (nn.Identity() if cfg.vision == "resnet"
+                                             else nn.Linear(cfg.vision_dim, cfg.embed_dim, bias=False))
         self.text_projection = nn.Linear(cfg.text_dim, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         self.num_classes = 0
@@ -131,10 +145,12 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text.embed.tok.weight, std=0.02)
         nn.init.normal_(self.text.embed.pos, std=0.01)
         nn.init.normal_(self.text_projection.weight, std=self.cfg.text_dim ** -0.5)
-        nn.init.normal_(self.visual_projection.weight, std=self.cfg.vision_dim ** -0.5)
+        if isinstance(self.visual_projection, nn.Linear):
+            nn.init.normal_(self.visual_projection.weight, std=self.cfg.vision_dim ** -0.5)
 
     def no_weight_decay(self) -> set[str]:
-        return {"logit_scale", "visual.cls_token", "visual.pos_embed", "text.embed.pos"}
+        return {"logit_scale", "visual.cls_token", "visual.pos_embed", "visual.attnpool.positional_embedding",
+                "text.embed.pos"}
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor], mode: str = "bicubic",
                          antialias: bool = False) -> dict[str, Tensor]:
@@ -152,7 +168,10 @@ class CLIP(nn.Module):
 
     def image_patch_embeds(self, images: Tensor) -> Tensor:
         """Each patch token through the final norm and the projection: (B, N, embed_dim) (a text-conditioned map
-        compares them with a prompt's embedding)."""
+        compares them with a prompt's embedding). A ResNet tower: each grid position through the attention
+        pool's value and output projections, (B, h*w, embed_dim)."""
+        if self.cfg.vision == "resnet":
+            return self.visual.attnpool.dense(self.visual.forward_features(images))
         tokens = self.visual.forward_features(images)[:, self.visual.num_prefix_tokens:]   # (B, N, vision_dim)
         return self.visual_projection(tokens)
 
@@ -236,3 +255,20 @@ def clip_vit_base_patch32_224(**kw: Any) -> CLIP:
 def clip_vit_base_patch16_224(**kw: Any) -> CLIP:
     """OpenAI's ViT-B/16."""
     return CLIP(CLIPConfig(patch_size=16), **kw)
+
+
+@register_model(task="contrastive")
+def clip_resnet_micro_64(**kw: Any) -> CLIP:
+    """CLIP's modified ResNet at laptop size for `scenes` at 64 px: 3-conv stem (width 16) + avg pool, three
+    anti-aliased bottleneck stages (one block each, 4x4 last map of 256 channels), attention pooling (4 heads);
+    text 3x128, joint 128."""
+    return clip_micro_patch8_64(**{"vision": "resnet", "vision_layers": (1, 1, 1), "vision_width": 16,
+                                   "vision_heads": 4, **kw})
+
+
+@register_model(task="contrastive")
+def clip_rn50_224(**kw: Any) -> CLIP:
+    """OpenAI's RN50: modified ResNet-50 (3, 4, 6, 3) of width 64, 32-head attention pooling to a 1024-d joint
+    space; text 12x512 (8 heads)."""
+    return CLIP(CLIPConfig(vision="resnet", vision_layers=(3, 4, 6, 3), vision_width=64, vision_heads=32,
+                           embed_dim=1024), **kw)
