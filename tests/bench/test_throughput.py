@@ -128,3 +128,22 @@ def test_bad_bench_requests_are_one_line_errors(capsys):
         run_bench(BenchConfig("vit_micro_patch2_8", mode="fit"))
     with pytest.raises(VitlabError, match="--compare takes hf or timm"):
         run_bench(BenchConfig("vit_micro_patch2_8", compare=("jax",)))
+
+
+def test_count_macs_sees_the_cpu_fast_path_on_real_tensors():
+    """On real CPU tensors in eval mode the Linears take oneDNN's fused op, which FlopCounterMode cannot see; the
+    count must still equal the meta-device count (and the hand count of one Linear)."""
+    import torch.nn as nn
+
+    from vitlab import create_model
+    from vitlab.bench.flops import count_macs
+    from vitlab.layers.cpu_kernels import _tracing
+    from vitlab.layers.linear import Linear
+
+    layer = Linear(48, 80).eval()
+    assert count_macs(nn.Sequential(layer), (3, 48)) == 3 * 48 * 80
+    model = create_model("vit_micro_patch4_32", num_classes=6).eval()
+    with torch.device("meta"):
+        meta = create_model("vit_micro_patch4_32", num_classes=6).eval()
+    assert count_macs(model, (2, 3, 32, 32)) == count_macs(meta, (2, 3, 32, 32)) > 0
+    assert not _tracing()                                          # plain_pytorch() left no state behind

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -14,8 +15,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     Counts every matmul, linear, convolution and attention product (fused SDPA included).
     """
+    from ..layers.cpu_kernels import plain_pytorch
+
     device = next(iter(model.parameters()), torch.empty(0)).device
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # plain ops only: FlopCounterMode cannot see oneDNN's fused linear (the CPU inference path) nor the CPU flash
+    # kernel of scaled_dot_product_attention, so both run as the plain matmuls they stand for
+    with plain_pytorch(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(input_shape, device=device))
     return counter.get_total_flops() // 2   # torch counts a multiply-add as 2 FLOPs
 

@@ -22,7 +22,9 @@ rounding of a different summation order.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -33,6 +35,7 @@ _ONEDNN: bool | None = None
 _ONEDNN_BF16: bool | None = None
 _VENDOR: str | None = None
 _FP32_TRAIN: bool | None = None
+_PLAIN = 0                                   # > 0 inside plain_pytorch()
 
 
 def onednn_available() -> bool:
@@ -80,8 +83,20 @@ def onednn_fp32_training() -> bool:
     return _FP32_TRAIN
 
 
+@contextlib.contextmanager
+def plain_pytorch() -> Iterator[None]:
+    """Within this block every function here declines, so models run their plain PyTorch ops (what a FLOP counter
+    or another dispatch-level tool can see: oneDNN's fused ops are invisible to torch's FlopCounterMode)."""
+    global _PLAIN
+    _PLAIN += 1
+    try:
+        yield
+    finally:
+        _PLAIN -= 1
+
+
 def _tracing() -> bool:
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    return (_PLAIN > 0 or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.onnx.is_in_onnx_export())
 
 
