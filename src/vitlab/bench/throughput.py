@@ -3,7 +3,8 @@ implementations of the same architecture (HF transformers, timm) built in the sa
 
 The implementations are timed *interleaved* (ours, hf, ours, hf, ...): a shared or throttled machine then slows
 every one of them alike, so the ratios hold even when the absolute figures drift. Every implementation gets the
-same input, batch, precision, optimizer, loss and compile setting; only the model code differs.
+same input, batch, precision, optimizer, loss and compile setting; only the model code differs. A CLIP model is
+timed as a contrastive step on B image-text pairs (bench/contrastive.py): its rates are pairs/s.
 
     result = run_bench(BenchConfig("vit_tiny_patch16_224", mode="train", precision="bf16", compare=("hf",)))
     print(format_table([result]))
@@ -21,9 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import VitlabError
+from .contrastive import (PairLogits, PairMacs, check_same_logits, exportable_eos, hf_clip_reference, is_clip,
+                          random_texts)
 from .peak import matmul_peak, mfu, synchronize
 
 log = logging.getLogger(__name__)
@@ -70,19 +73,26 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    ours = build_ours(cfg).to(device)
+    raw = build_ours(cfg).to(device)
+    clip = is_clip(raw)             # CLIP: a contrastive step on image-text pairs (bench/contrastive.py)
+    ours = PairLogits(raw) if clip else raw
     models = {"ours": ours}
     for ref in cfg.compare:
-        models[ref] = build_reference(ref, ours).to(device)
-    size = ours.patch_embed.img_size if hasattr(ours, "patch_embed") else _input_size(ours, cfg)
+        models[ref] = build_reference(ref, raw).to(device)
+    size = raw.patch_embed.img_size if hasattr(raw, "patch_embed") else _input_size(raw, cfg)
     x = torch.randn(cfg.batch_size, 3, *size, device=device)
-    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
+    y = None if clip else torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
         for m in models.values():
             m.to(memory_format=torch.channels_last)
+    inputs: Tensor | tuple[Tensor, Tensor] = x
+    if clip:                        # B images and B texts; every reference must give our logits first
+        inputs = (x, random_texts(raw, cfg.batch_size, device))
+        for ref in cfg.compare:
+            check_same_logits(ours, models[ref], inputs, ref)
     compile_refs = cfg.compile if cfg.compile_references is None else cfg.compile_references
-    steps = {name: make_step(m, cfg, x, y, compile=cfg.compile if name == "ours" else compile_refs)
+    steps = {name: make_step(m, cfg, inputs, y, compile=cfg.compile if name == "ours" else compile_refs)
              for name, m in models.items()}
     # the peak is measured before and after the timed steps and the higher kept: on a shared machine the load can
     # change in between, and a peak taken in a busy moment would flatter the MFU
@@ -91,7 +101,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     from .flops import count_macs
 
-    macs = count_macs(_on_meta(cfg), (1, 3, *size))
+    macs = count_macs(PairMacs(_on_meta(cfg)) if clip else _on_meta(cfg), (1, 3, *size))   # CLIP: per pair
     peak = max(peak_before, matmul_peak(cfg.precision, device)) if cfg.peak else None
     timings = {}
     for name, secs in seconds.items():
@@ -101,7 +111,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             t.mfu = mfu(t.images_per_s, macs, peak, cfg.mode == "train")
         timings[name] = t
     for name, m in models.items():
-        timings[name].memory_mb = measure_memory(m, cfg, x, y)
+        timings[name].memory_mb = measure_memory(m, cfg, inputs, y)
     ratios = {ref: timings["ours"].images_per_s / timings[ref].images_per_s for ref in cfg.compare}
     return {"config": asdict(cfg), "device_name": device_name(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "macs_per_image": macs, "peak_flops": peak,
@@ -127,9 +137,12 @@ def build_ours(cfg: BenchConfig) -> nn.Module:
     from ..registry import create_model
 
     try:
-        return create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size)
+        model = create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size)
     except KeyError as e:
         raise VitlabError(str(e).strip("'\"")) from None
+    if is_clip(model) and exportable_eos(model):     # eos 2 -> V - 1 so that HF pools where we do; same cost
+        model = create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size, **exportable_eos(model))
+    return model
 
 
 def _input_size(model: nn.Module, cfg: BenchConfig) -> tuple[int, int]:
@@ -175,6 +188,8 @@ def hf_reference(ours: nn.Module) -> nn.Module:
         from ..convert.hf_detr import hf_detr_reference
 
         return hf_detr_reference(ours)
+    if is_clip(ours):                   # CLIPModel, (images, ids) -> logits_per_image
+        return hf_clip_reference(ours)
     try:
         import transformers
     except ImportError:
@@ -212,12 +227,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return train_autocast(device, precision)
 
 
-def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
+def make_step(model: nn.Module, cfg: BenchConfig, x: Tensor | tuple[Tensor, ...], y: Tensor | None,
               compile: bool = False) -> Callable[[], None]:
     """One training step (autocast forward, cross-entropy, backward, AdamW, zero_grad) or one inference forward.
 
-    The same function for every implementation, so they differ only in model code (and `compile`)."""
-    device = x.device
+    x: images (B, 3, H, W), or a tuple of model inputs (CLIP: images, input_ids (B, L)); y: labels (B,), or None
+    for a contrastive step, whose loss is clip_loss of the (B, B) logits. The same function for every
+    implementation, so they differ only in model code (and `compile`)."""
+    from ..models.clip import clip_loss
+
+    inputs = x if isinstance(x, tuple) else (x,)
+    device = inputs[0].device
     if cfg.mode == "infer":
         from ..layers import freeze_for_inference
 
@@ -227,7 +247,7 @@ def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tens
 
         def infer() -> None:
             with torch.inference_mode(), autocast(device, cfg.precision):
-                fn(x)
+                fn(*inputs)
 
         return infer
     from ..train.optim import build_optimizer
@@ -238,7 +258,8 @@ def make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tens
 
     def train() -> None:
         with autocast(device, cfg.precision):
-            loss = F.cross_entropy(fn(x), y)
+            out = fn(*inputs)
+            loss = clip_loss(out) if y is None else F.cross_entropy(out, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -268,14 +289,14 @@ def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats:
     return seconds
 
 
-def measure_memory(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor) -> float:
+def measure_memory(model: nn.Module, cfg: BenchConfig, x: Tensor | tuple[Tensor, ...], y: Tensor | None) -> float:
     """Peak memory one step allocates beyond what was live before it (MB): activations, gradients, optimizer
     state on the first step; CUDA from the allocator's statistics, a CPU from the profiler's allocation events."""
     from .attention import peak_memory_bytes
 
     model.zero_grad(set_to_none=True)
     step = make_step(model, cfg, x, y)        # eager: compiled code was measured for speed only
-    return peak_memory_bytes(step, x.device) / 2 ** 20
+    return peak_memory_bytes(step, (x[0] if isinstance(x, tuple) else x).device) / 2 ** 20
 
 
 def device_name(device: torch.device) -> str:
