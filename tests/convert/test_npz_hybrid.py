@@ -15,6 +15,8 @@ from vitlab.convert import read_checkpoint
 from vitlab.convert.npz import vit_to_npz_arrays
 from vitlab.errors import VitlabError
 
+from .helpers import randomize_
+
 BB = "patch_embed.backbone"
 BACKBONE = dict(kind="bit", layers=(2, 1), widths=(128, 128), stem_width=32)
 IMG = 32                                                     # stride 8 (two stages): a 4x4 token grid
@@ -25,13 +27,7 @@ def tiny_hybrid(seed: int = 0, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = vitlab.create_model("vit_small_r26_s32_224", depth=1, dim=64, num_heads=4, num_classes=3,
                                 img_size=IMG, extra={"backbone": BACKBONE}, **kw)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.2 * noise if p.ndim == 1 and name.endswith("weight") else
-                    0.1 * noise if p.ndim == 1 else noise / p[0].numel() ** 0.5)
-    return model.eval()
+    return randomize_(model, seed)
 
 
 def _save(tmp_path, arrays, name="hybrid.npz"):

@@ -27,6 +27,8 @@ from vitlab.checkpoint import load_model
 from vitlab.convert.npz import vit_to_npz_arrays
 from vitlab.layers.pos_embed import resample_pos_embed
 
+from .helpers import randomize_
+
 TOL = 1e-4
 
 
@@ -38,14 +40,6 @@ def timm():
     return pytest.importorskip("timm", reason="timm does not import with .venv's CPU torch; `make oracle` runs this")
 
 
-def _randomize_(model: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.2 * noise if p.ndim == 1 and name.endswith("weight") else
-                    0.1 * noise if p.ndim == 1 else noise / p[0].numel() ** 0.5)
-    return model.eval()
 
 
 def _logits(model, x):
@@ -62,7 +56,7 @@ HYBRIDS = [("vit_small_r26_s32_224", 224, {}), ("vit_small_r26_s32_384", 384, {}
 def test_timm_hybrid_logits(tmp_path, timm, name, size, kw):
     """timm's own hybrid variant (full BiT backbone, one transformer block) loads logit-equal, named or not."""
     torch.manual_seed(0)
-    ref = _randomize_(timm.create_model(name, pretrained=False, depth=1, num_classes=5, **kw))
+    ref = randomize_(timm.create_model(name, pretrained=False, depth=1, num_classes=5, **kw))
     torch.save(ref.state_dict(), tmp_path / "w.pth")
     x = torch.randn(1, 3, size, size)
     expect = _logits(ref, x)
@@ -92,7 +86,7 @@ def test_hybrid_npz_read_by_timm_equals_ours(tmp_path, timm, name, kw, ours_name
     writes is read by timm into the same model."""
     torch.manual_seed(0)
     build = lambda: timm.create_model(name, pretrained=False, depth=1, num_classes=5, **kw)  # noqa: E731
-    ref = _randomize_(build())
+    ref = randomize_(build())
     x = torch.randn(1, 3, 224, 224)
     path = tmp_path / "google.npz"
     np.savez(path, **_timm_hybrid_to_google()(ref.state_dict(), ref.blocks[0].attn.num_heads))
@@ -114,7 +108,7 @@ def test_hybrid_at_another_size_equals_timm_checkpoint_filter(tmp_path, timm):
     from timm.models.vision_transformer_hybrid import checkpoint_filter_fn
 
     torch.manual_seed(0)
-    ref = _randomize_(timm.create_model("vit_small_r26_s32_224", pretrained=False, depth=1, num_classes=5))
+    ref = randomize_(timm.create_model("vit_small_r26_s32_224", pretrained=False, depth=1, num_classes=5))
     torch.save(ref.state_dict(), tmp_path / "w.pth")
     big = timm.create_model("vit_small_r26_s32_224", pretrained=False, depth=1, num_classes=5, img_size=288)
     big.load_state_dict(checkpoint_filter_fn(ref.state_dict(), big))
@@ -124,7 +118,7 @@ def test_hybrid_at_another_size_equals_timm_checkpoint_filter(tmp_path, timm):
 
 
 def test_convmixer_floors_a_partial_patch_as_timm(tmp_path, timm):
-    ref = _randomize_(timm.create_model("convmixer_768_32", pretrained=False, num_classes=5))
+    ref = randomize_(timm.create_model("convmixer_768_32", pretrained=False, num_classes=5))
     for name, b in ref.named_buffers():
         if name.endswith("running_var"):
             b.uniform_(0.5, 1.5)
