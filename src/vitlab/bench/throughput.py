@@ -136,13 +136,14 @@ def _check(cfg: BenchConfig) -> None:
 def build_ours(cfg: BenchConfig) -> nn.Module:
     from ..registry import create_model
 
+    kw = dict(num_classes=cfg.num_classes, img_size=cfg.img_size)
     try:
-        model = create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size)
+        with torch.device("meta"):                  # the config, without initialising weights twice
+            probe = create_model(cfg.model, **kw)
     except KeyError as e:
         raise VitlabError(str(e).strip("'\"")) from None
-    if is_clip(model) and exportable_eos(model):     # eos 2 -> V - 1 so that HF pools where we do; same cost
-        model = create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size, **exportable_eos(model))
-    return model
+    extra = exportable_eos(probe) if is_clip(probe) else {}   # eos 2 -> V - 1 so that HF pools where we do
+    return create_model(cfg.model, **kw, **extra)
 
 
 def _input_size(model: nn.Module, cfg: BenchConfig) -> tuple[int, int]:
