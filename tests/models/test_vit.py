@@ -134,3 +134,24 @@ def test_non_square_checkpoint_resamples_to_new_size(tmp_path):
     assert big.pos_embed.shape == (1, 1 + 64, 64)
     from vitlab.layers import resample_pos_embed
     torch.testing.assert_close(big.pos_embed, resample_pos_embed(src.pos_embed, (8, 8), (4, 8)))
+
+
+def test_weight_init_jax_scales_with_width_and_zeroes_the_heads():
+    """weight_init="jax": xavier-uniform linears (bound sqrt(6 / (fan_in + fan_out))), tiny MLP biases, zero heads
+    (DeiT's distillation head too); the default keeps timm's truncated normal 0.02."""
+    import math
+
+    jax = vitlab.create_model("vit_micro_patch4_32", num_classes=6, weight_init="jax")
+    qkv = jax.blocks[0].attn.qkv.weight.detach()                          # (3 * 64, 64)
+    bound = math.sqrt(6 / (qkv.shape[0] + qkv.shape[1]))
+    assert qkv.abs().max() <= bound and qkv.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert jax.head.weight.abs().sum() == 0 and jax.head.bias.abs().sum() == 0
+    fc1_bias = jax.blocks[0].mlp.fc1.bias
+    assert 0 < fc1_bias.abs().max() < 1e-5 and jax.blocks[0].attn.qkv.bias.abs().sum() == 0
+    default = vitlab.create_model("vit_micro_patch4_32", num_classes=6)
+    assert default.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert default.head.weight.abs().sum() > 0
+    deit = vitlab.create_model("deit_tiny_distilled_patch16_224", num_classes=5, weight_init="jax")
+    assert deit.head_dist.weight.abs().sum() == 0
+    with pytest.raises(VitlabError, match="weight_init must be"):
+        vitlab.create_model("vit_micro_patch4_32", weight_init="xavier")

@@ -49,8 +49,11 @@ class DeiT(VisionTransformer):
         self.head_dist = nn.Linear(c.representation_size or c.dim, c.num_classes) if has_dist_head else None
         if self.dist_token is not None:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
-        if self.head_dist is not None:
-            nn.init.trunc_normal_(self.head_dist.weight, std=0.02)
+        if self.head_dist is not None:               # made after init_weights ran: initialise it like the head
+            if c.weight_init == "jax":
+                nn.init.zeros_(self.head_dist.weight)
+            else:
+                nn.init.trunc_normal_(self.head_dist.weight, std=0.02)
             nn.init.zeros_(self.head_dist.bias)
 
     def _extra_prefix_tokens(self) -> int:

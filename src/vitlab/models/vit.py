@@ -48,6 +48,7 @@ class ViTConfig:
     attn_window: int = 0                    # local/strided: block length l (0 = ceil(sqrt(patches)), O(n sqrt n))
     linformer_k: int = 64                   # linformer: keys/values projected to k positions
     sr_ratio: int = 2                       # kv_pool: keys/values from the grid reduced r x r
+    weight_init: str = ""                   # "": truncated-normal 0.02 (timm's default); "jax": the original ViT's
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)   # input normalisation the weights expect
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     extra: dict[str, Any] = field(default_factory=dict)  # room for relatives' settings
@@ -88,6 +89,8 @@ class VisionTransformer(nn.Module):
             raise VitlabError(f"pool must be 'cls' or 'avg', got {cfg.pool!r}")
         if cfg.pool == "cls" and not cfg.class_token:
             raise VitlabError("pool='cls' needs class_token=True")
+        if cfg.weight_init not in ("", "jax"):
+            raise VitlabError(f"weight_init must be '' (truncated normal 0.02) or 'jax', got {cfg.weight_init!r}")
         if cfg.pos_embed not in ("learned", "sincos", "none"):
             raise VitlabError(f"pos_embed must be 'learned', 'sincos' or 'none', got {cfg.pos_embed!r}")
         self.cfg = cfg
@@ -147,16 +150,34 @@ class VisionTransformer(nn.Module):
             self.pos_embed = None
 
     def init_weights(self) -> None:
-        """Truncated-normal(0.02) linear weights and tokens, zero biases (as the reference implementations)."""
+        """weight_init "": truncated-normal(0.02) linear weights and tokens, zero biases (timm's default).
+        "jax": the original ViT's (google-research/vision_transformer, timm's weight_init='jax'): xavier-uniform
+        linear weights, MLP biases normal(1e-6), a zero head. Its scale follows the width, so a narrow model
+        (dim 64: xavier std 0.08-0.09 against 0.02) starts off the flat start where the 0.02 init sits for hundreds
+        of steps (benchmarks/results/vit_plateau/README.md)."""
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         init_transformer_(self)
+        if self.cfg.weight_init == "jax":
+            self._init_jax_linears()
         # The patch projection is a linear map on flattened patches: initialise it like one (fan-in = C*p*p).
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=math.sqrt(1.0 / w[0].numel()))
         nn.init.zeros_(self.patch_embed.proj.bias)
+
+    def _init_jax_linears(self) -> None:
+        for name, m in self.named_modules():
+            if not isinstance(m, nn.Linear):
+                continue
+            if name.startswith("head"):                  # head, and DeiT's head_dist
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+                continue
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.normal_(m.bias, std=1e-6) if ".mlp." in f".{name}." else nn.init.zeros_(m.bias)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides norms and biases."""

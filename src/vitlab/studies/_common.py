@@ -98,10 +98,20 @@ def train(model: str, data: str, out: Path, *, epochs: int, seed: int, img_size:
     # after 30 epochs of 3000 images); at 2e-3 it stays at chance for 20 epochs
     recipe = {"warmup_epochs": min(2.0, epochs / 5), "drop_path": 0.0, "label_smoothing": 0.0, "lr": 5e-4,
               "crop_scale": 1.0, "batch_size": 32, "weight_decay": 0.05, "report": not quick}
+    model_args = {**vit_init(model), **(extra.pop("model_args", None) or {})}
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, seed=seed, img_size=img_size,
-                      **{**recipe, **extra})
+                      model_args=model_args, **{**recipe, **extra})
     log.info("training %s (%d epochs, seed %d) into %s", model, epochs, seed, out)
     return run_training(cfg, overwrite=True)
+
+
+def vit_init(model: str) -> dict[str, Any]:
+    """{"weight_init": "jax"} for a model of the ViT family (its config has the field: ViT, DeiT, CPVT, hybrids),
+    else {}. The original ViT's xavier init scales with the width; timm's truncated normal 0.02 is sized for
+    dim 768 and leaves a dim-64 ViT on a flat start for hundreds of steps (benchmarks/results/vit_plateau/)."""
+    from ..variants import default_config
+
+    return {"weight_init": "jax"} if "weight_init" in default_config(model) else {}
 
 
 def summary(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
