@@ -154,3 +154,17 @@ def test_refusals_are_one_line(tmp_path, capsys):
         assert err == f"vitlab {argv[0]}: error: {message}", err
     with pytest.raises(VitlabError, match="no classes to predict"):
         vitlab.tasks.get_task("video_text").predict(None, [])
+
+
+def test_eval_reads_the_runs_frame_count(tmp_path, capsys):
+    """A run trained on 4 frames a clip (not the default 6) evaluates on 4-frame clips: eval takes the count from
+    the checkpoint and reproduces the run's final metrics."""
+    run = tmp_path / "four"
+    assert main([*TRAIN, "--epochs", "1", "--model-arg", "num_frames=4", "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "config.json").read_text())["task_extras"]["num_frames"] == 4
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", "videos:16", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    for key in ("val_t2v_r1", "val_v2t_r1", "val_mean_rank", "val_twin_order_acc"):
+        assert evaluated[key] == metrics[key]

@@ -45,7 +45,9 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "val", batch_si
     pred = Predictor.load(checkpoint, dev, precision=precision)
     task = task_of(pred.model)
     decoding = decoding_options(task, beam_size, length_penalty)
-    bundle = task.build_data(TrainConfig(model=pred.info()["model"], data=data, seed=seed), pred.image_size)
+    # checkpoint=: tasks whose data depend on the run (a video run's frame count) read it from its task extras
+    bundle = task.build_data(TrainConfig(model=pred.info()["model"], data=data, seed=seed, checkpoint=checkpoint),
+                             pred.image_size)
     if len(bundle.classes) != len(pred.classes):
         raise VitlabError(f"{data} has {len(bundle.classes)} classes but the checkpoint {len(pred.classes)}")
     split_set = bundle.val if split == "val" else bundle.train
