@@ -103,3 +103,39 @@ def test_bad_specs_are_refused_in_one_line(tmp_path):
     (tmp_path / "captions.json").write_text("{}")
     with pytest.raises(VitlabError, match="not an MSR-VTT captions JSON"):
         build_video_text_data(str(tmp_path), 32)
+
+
+def _write_mp4(path, colours, size=32):
+    """A short H.264/MPEG-4 clip with PyAV, one flat colour per frame."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for colour in colours:
+            rgb = np.full((size, size, 3), colour, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())                                               # flush
+
+
+def test_real_folder_reads_mp4_through_pyav_and_skips_a_corrupt_one(tmp_path, caplog):
+    pytest.importorskip("av")
+    greens = [(0, 25 * t, 0) for t in range(8)]                          # green rises frame by frame
+    _write_mp4(tmp_path / "rising.mp4", greens)
+    _write_mp4(tmp_path / "red.mp4", [(220, 0, 0)] * 3)                  # 3 frames, sampled up to 4
+    good = (tmp_path / "rising.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(good[: len(good) // 8])           # truncated: unreadable
+    sentences = [{"video_id": v, "caption": v} for v in ("rising", "red", "cut")]
+    (tmp_path / "captions.json").write_text(json.dumps({"sentences": sentences}))
+    bundle = build_video_text_data(str(tmp_path), 16, num_frames=4, val_fraction=0.5)
+    assert [s.split(":")[0] for s in bundle.skipped] == ["cut"] and "1 of 3 videos skipped" in caplog.text
+    by_caption = dict(zip(bundle.train.captions + bundle.val.captions,
+                          torch.cat([bundle.train.frames, bundle.val.frames])))
+    assert set(by_caption) == {"rising", "red"} and by_caption["rising"].shape == (4, 3, 16, 16)
+    # even sampling of 8 frames at 4: frames 1, 3, 5, 7 -> green 25, 75, 125, 175 (lossy codec: within 12 levels)
+    green = by_caption["rising"][:, 1].float().mean((1, 2))
+    torch.testing.assert_close(green, torch.tensor([25.0, 75.0, 125.0, 175.0]), atol=12, rtol=0)
+    red = by_caption["red"].float().mean((2, 3))                                 # (4, 3)
+    assert bool((red[:, 0] > 190).all()) and bool((red[:, 1:] < 30).all())
