@@ -86,6 +86,7 @@ def test_explain_clip_summary_matches_the_model(tmp_path):
         ref = model(x, ids)["logits_per_image"] / model.scale()
     torch.testing.assert_close(torch.tensor(summary["similarity"]), ref, atol=1e-4, rtol=0)
     assert summary["prompts"] == ["a red circle", "a blue square"]
+    assert summary["attention_map"]["file"] == "rollout.png" and "rollout" in summary["attention_map"]["kind"]
     for name in ("rollout.png", "text_maps.png", "similarity.png", "index.html", "summary.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert "a blue square" in (tmp_path / "out" / "index.html").read_text()

@@ -4,11 +4,16 @@ scores against every prompt.
     text_similarity_maps(model, x, ids)      (B_i, B_t, gh, gw): cosine of each projected patch token with a prompt
     prompt_maps(model, x, text_embeds)       the same from text embeddings already made (template averages)
     similarity_matrix(model, x, ids)         (B_i, B_t): cosine of the image and text embeddings (logits / scale)
-    explain_clip(model, inputs, out, texts)  rollout.png, text_maps.png, similarity.png + index.html, summary.json
+    attnpool_map(model, x, head_fusion)      (B, gh, gw): a ResNet tower's attention-pool weights over the grid
+    explain_clip(model, inputs, out, texts)  rollout.png (ViT) or attnpool.png (ResNet), text_maps.png,
+                                             similarity.png + index.html, summary.json
 
 The text-conditioned map takes each patch token after the image tower's final norm through the visual projection
 into the joint space (the same path the [CLS] token takes to become the image embedding) and compares it with the
 prompt's embedding. Patch tokens were never trained to align with text, so the map is a probe, not a segmentation.
+A ResNet tower has no patch tokens: each position of its last feature map goes through the attention pool's value
+and output projections (the path it would take if the pool attended to it alone; MaskCLIP, Zhou et al. 2022), and
+in place of rollout the figure shows the pool's own attention of its mean query over the grid.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def prompt_maps(model: nn.Module, x: Tensor, text_embeds: Tensor) -> Tensor:
     """text_similarity_maps for embeddings (B_t, E), L2-normalised, already made (a class's is the average of its
     prompt templates') -> (B_i, B_t, gh, gw)."""
     patches = F.normalize(model.image_patch_embeds(x).float(), dim=-1)          # (B_i, N, E)
-    gh, gw = model.visual.patch_embed.grid_size
+    gh, gw = model.patch_grid()                                                 # ViT patches or ResNet map
     sim = torch.einsum("bne,te->btn", patches, text_embeds)                     # (B_i, B_t, N)
     return sim.reshape(len(x), len(text_embeds), gh, gw)                        # (B_i, B_t, gh, gw)
 
@@ -64,11 +69,13 @@ def explain_clip(model: nn.Module, inputs: Sequence[str], out: str | Path, *, te
                  discard_ratio: float = 0.0) -> dict[str, Any]:
     """Image files, then `samples` val images of `data` (default, with no file: the run's own data), against
     `texts` (default: each of the checkpoint's classes, embedded through its templates and averaged as zero-shot
-    does). Writes out/rollout.png, text_maps.png, similarity.png, index.html and summary.json; returns the summary
-    with "similarity" (images x prompts cosine), "files", "report" and "lines"."""
-    if getattr(model.cfg, "vision", "vit") != "vit":
-        raise VitlabError(f"{getattr(model, 'vitlab_name', 'this CLIP')}: vitlab explain draws a ViT image tower's "
-                          f"rollout and patch maps; this one has a {model.cfg.vision} tower")
+    does). Writes out/rollout.png (a ResNet tower: attnpool.png, its attention pool's map; discard_ratio unused),
+    text_maps.png, similarity.png, index.html and summary.json; returns the summary with "similarity" (images x
+    prompts cosine), "attention_map" (which map the first figure is), "files", "report" and "lines"."""
+    vision = getattr(model.cfg, "vision", "vit")
+    if vision not in ("vit", "resnet"):
+        raise VitlabError(f"{getattr(model, 'vitlab_name', 'this CLIP')}: vitlab explain draws a ViT or ResNet "
+                          f"image tower; this one has a {vision} tower")
     from ..io import write_json
     from ..tasks.contrastive import GENERIC_TEMPLATES, clip_tokenizer, encode_texts, zero_shot_classifier
     from .report import ReportFigure, model_input, write_html
@@ -90,15 +97,30 @@ def explain_clip(model: nn.Module, inputs: Sequence[str], out: str | Path, *, te
         x = model_input(model, batch)
         maps = prompt_maps(model, x, embeds).cpu()                                         # (B, T, gh, gw)
         sim = similarity_matrix(model, x, embeds).cpu()                                     # (B, T)
-        heat = _rollout(model, x, head_fusion, discard_ratio)                               # (B, gh, gw)
+        if vision == "resnet":
+            heat = attnpool_map(model, x, head_fusion).cpu()                               # (B, gh, gw)
+            with torch.no_grad():                                                          # the query's own share
+                self_weight = float(model.visual.attnpool.attention_weights(model.visual.forward_features(x))
+                                    [:, :, 0].mean())
+        else:
+            heat = _rollout(model, x, head_fusion, discard_ratio)                           # (B, gh, gw)
     finally:
         model.train(was_training)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [[(plots.image_hwc(img), names[i]), (plots.overlay(img, heat[i]), "attention rollout")]
-            for i, img in enumerate(batch)]
-    plots.save_figure(plots.figure_rows(batch, rows, f"Image tower: attention rollout ({head_fusion} over heads, "
-                                                     f"discard ratio {discard_ratio:g})"), out / "rollout.png")
+    if vision == "resnet":
+        attn_file, label = "attnpool.png", "attention-pool weights"
+        attn_title = f"Image tower: attention pooling, mean query over the last feature map ({head_fusion} over heads)"
+        attn_caption = ("Attention pooling of the ResNet tower: the weights of the pooled (mean) query over each "
+                        f"position of the last feature map, {head_fusion} over heads, renormalised over the grid "
+                        f"(the query's weight on itself, mean {self_weight:.3f}, left out).")
+    else:
+        attn_file, label = "rollout.png", "attention rollout"
+        attn_title = f"Image tower: attention rollout ({head_fusion} over heads, discard ratio {discard_ratio:g})"
+        attn_caption = ("Attention rollout of the image tower: the [CLS] row of the product of per-layer "
+                        "(attention + identity) matrices.")
+    rows = [[(plots.image_hwc(img), names[i]), (plots.overlay(img, heat[i]), label)] for i, img in enumerate(batch)]
+    plots.save_figure(plots.figure_rows(batch, rows, attn_title), out / attn_file)
     plot_text_maps(batch, maps, sim, names, prompts, out / "text_maps.png")
     plot_similarity_matrix(sim, batch, names, prompts, out / "similarity.png")
     how = "--text prompts" if texts else "the checkpoint's classes, each averaged over its prompt templates"
@@ -107,8 +129,7 @@ def explain_clip(model: nn.Module, inputs: Sequence[str], out: str | Path, *, te
                ReportFigure("text_maps.png", "Per prompt: the cosine similarity of every patch token, through the "
                                              "image tower's final norm and projection, with the prompt's embedding "
                                              "(one colour scale per image)."),
-               ReportFigure("rollout.png", "Attention rollout of the image tower: the [CLS] row of the product of "
-                                           "per-layer (attention + identity) matrices.")]
+               ReportFigure(attn_file, attn_caption)]
     table = (("image", *prompts), [(n, *(f"{float(v):.3f}" for v in row)) for n, row in zip(names, sim)])
     title = f"vitlab explain: {getattr(model, 'vitlab_name', type(model).__name__)} (CLIP)"
     write_html(out / "index.html", title, figures, [], table=table)
@@ -120,6 +141,14 @@ def explain_clip(model: nn.Module, inputs: Sequence[str], out: str | Path, *, te
                      + ", ".join(repr(p) for p in unknown[:5]))
     summary = {"images": names, "prompts": prompts, "similarity": [[round(float(v), 5) for v in r] for r in sim],
                "files": [f.file for f in figures], "report": str(out / "index.html"), "lines": lines}
+    if vision == "resnet":
+        summary["attention_map"] = {"file": attn_file, "kind": "attention pooling: the mean query's softmax "
+                                    "weights over the last feature map's positions, renormalised over the grid",
+                                    "head_fusion": head_fusion, "mean_query_self_weight": round(self_weight, 5)}
+        summary["text_maps"] = "each feature-map position through attnpool v_proj then c_proj (MaskCLIP)"
+    else:
+        summary["attention_map"] = {"file": attn_file, "kind": "attention rollout ([CLS] row)",
+                                    "head_fusion": head_fusion, "discard_ratio": discard_ratio}
     write_json(out / "summary.json", summary)
     return summary
 
@@ -143,6 +172,21 @@ def _gather(model: nn.Module, inputs: Sequence[str], data: str | None, samples: 
     if not images:
         raise VitlabError("no images: give image files or --data SPEC")
     return torch.stack(images), names
+
+
+@torch.no_grad()
+def attnpool_map(model: nn.Module, x: Tensor, head_fusion: str = "mean") -> Tensor:
+    """A ResNet tower's attention pooling as a map: x (B, 3, H, W) normalised -> (B, gh, gw), the pooled (mean)
+    query's weights on each grid position (its weight on itself dropped), fused over heads (mean, max or min) and
+    renormalised so each map sums to 1 over the grid."""
+    from .rollout import fuse_heads
+
+    pool = model.visual.attnpool
+    weights = pool.attention_weights(model.visual.forward_features(x)).float()[:, :, 1:]   # (B, heads, gh*gw)
+    fused = fuse_heads(weights[..., None], head_fusion)[..., 0]                            # (B, gh*gw)
+    fused = fused / fused.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    gh, gw = model.patch_grid()
+    return fused.view(len(x), gh, gw)                                                      # (B, gh, gw)
 
 
 def _rollout(model: nn.Module, x: Tensor, head_fusion: str, discard_ratio: float) -> Tensor:

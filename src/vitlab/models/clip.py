@@ -175,6 +175,13 @@ class CLIP(nn.Module):
         tokens = self.visual.forward_features(images)[:, self.visual.num_prefix_tokens:]   # (B, N, vision_dim)
         return self.visual_projection(tokens)
 
+    def patch_grid(self) -> tuple[int, int]:
+        """(gh, gw) of image_patch_embeds' N = gh * gw positions: the ViT's patch grid, or the ResNet tower's last
+        feature map (the size its attention pool is built for)."""
+        if self.cfg.vision == "resnet":
+            return (int(self.visual.grid), int(self.visual.grid))
+        return tuple(int(g) for g in self.visual.patch_embed.grid_size)
+
     def text_positions(self, input_ids: Tensor) -> Tensor:
         """(B, L) -> (B,) index of the token that carries each text's features."""
         if self.cfg.text_pool == "argmax":

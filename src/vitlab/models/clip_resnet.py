@@ -85,6 +85,18 @@ class AttentionPool2d(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)                      # (B, heads, 1, head_dim)
         return self.c_proj(out.transpose(1, 2).reshape(B, C))              # (B, output_dim)
 
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """The explicit softmax(q k^T / sqrt(d)) of the pooled (mean) query over all 1 + H*W tokens, the weights
+        forward's fused kernel uses: (B, C, H, W) -> (B, heads, 1 + H*W), each row summing to 1 (index 0: the
+        mean token itself, then the grid row by row)."""
+        x = self.tokens(x)
+        B, N, C = x.shape                                             # batch, 1 + H*W tokens, channels
+        h = self.num_heads
+        q = self.q_proj(x[:, :1]).view(B, 1, h, C // h).transpose(1, 2)   # (B, heads, 1, head_dim)
+        k = self.k_proj(x).view(B, N, h, C // h).transpose(1, 2)           # (B, heads, N, head_dim)
+        scores = q @ k.transpose(-2, -1) * (C // h) ** -0.5                # (B, heads, 1, N)
+        return scores.softmax(dim=-1)[:, :, 0]                             # (B, heads, N)
+
     def dense(self, x: Tensor) -> Tensor:
         """Each grid position through the value and output projections (MaskCLIP's reading of the pool, Zhou et
         al. 2022): (B, C, H, W) -> (B, H*W, output_dim), in the space the pooled output lives in."""
