@@ -89,6 +89,20 @@ OPENAI_CLIP_KEYS: KeyTable = [
     ("text_projection", "text_projection.proj_T"),
     ("logit_scale", "logit_scale"),
 ]
+_RN = _OURS_RN = "visual.layer{s}.{i}"
+# OpenAI's ModifiedResNet tower: our CLIPResNet uses its names, so the visual rows are identities; listed one by
+# one so that a name neither model has is reported, not passed through. The text rows are the ViT case's.
+OPENAI_CLIP_RN_KEYS: KeyTable = [
+    ("visual.conv{n}.weight", "visual.conv{n}.weight"),                    # stem: conv1..3 / bn1..3
+    ("visual.bn{n}.{p}", "visual.bn{n}.{p}"),
+    (f"{_RN}.conv{{n}}.weight", f"{_OURS_RN}.conv{{n}}.weight"),
+    (f"{_RN}.bn{{n}}.{{p}}", f"{_OURS_RN}.bn{{n}}.{{p}}"),
+    (f"{_RN}.downsample.0.weight", f"{_OURS_RN}.downsample.0.weight"),     # after the AvgPool ("-1", no weights)
+    (f"{_RN}.downsample.1.{{p}}", f"{_OURS_RN}.downsample.1.{{p}}"),
+    ("visual.attnpool.positional_embedding", "visual.attnpool.positional_embedding"),   # (1 + g*g, C)
+    *[(f"visual.attnpool.{n}_proj.{{p}}", f"visual.attnpool.{n}_proj.{{p}}") for n in "qkvc"],
+    *[row for row in OPENAI_CLIP_KEYS if not row[0].startswith("visual.")],
+]
 # buffers and bookkeeping some saves carry: rebuilt by us, never weights
 _DROPPED = ("position_ids", "attn_mask", "input_resolution", "context_length", "vocab_size")
 CLIP_SIZES = {(768, 12, 32, 512, 12): "clip_vit_base_patch32_224", (768, 12, 16, 512, 12): "clip_vit_base_patch16_224"}
@@ -272,19 +286,23 @@ def is_openai_clip_file(path: Path) -> bool:
         keys = set(load_state_file(path, trust_pickle=False))
     except Exception:       # not a weights-only state dict: left to the other readers and their messages
         return False
-    return "token_embedding.weight" in keys and "visual.transformer.resblocks.0.attn.in_proj_weight" in keys
+    return "token_embedding.weight" in keys and ("visual.transformer.resblocks.0.attn.in_proj_weight" in keys
+                                                 or "visual.attnpool.c_proj.weight" in keys)
 
 
 def read_openai_clip(path: Path, trust_pickle: bool = False, num_heads: int | None = None,
                      **_: Any) -> Checkpoint:
-    """An OpenAI CLIP / open_clip ViT state dict -> vitlab clip_*. The weights do not say the head count:
-    width / 64 as OpenAI's ViTs (or `num_heads`, both towers); nor the activation: QuickGELU, OpenAI's."""
+    """An OpenAI CLIP / open_clip state dict (ViT or ModifiedResNet image tower) -> vitlab clip_*. The weights do
+    not say the head count: width / 64 as OpenAI's ViTs, width * 32 / 64 for its ResNets' attention pool (or
+    `num_heads`, both towers); nor the activation: QuickGELU, OpenAI's."""
     sd = {k: v for k, v in load_state_file(path, trust_pickle).items() if not k.endswith(_DROPPED)}
     return openai_clip_checkpoint(sd, path, num_heads=num_heads)
 
 
 def openai_clip_checkpoint(sd: dict[str, Tensor], path: Path | str = "state dict",
                            num_heads: int | None = None) -> Checkpoint:
+    if "visual.attnpool.c_proj.weight" in sd:
+        return _openai_rn_checkpoint(sd, path, num_heads)
     ours = _shape_fixes(rename_or_raise(sd, OPENAI_CLIP_KEYS,
                                         what=f"{path}: weights this OpenAI/open_clip converter does not know"))
     patch_weight = ours["visual.patch_embed.proj.weight"]                      # (D, 3, p, p)
@@ -306,17 +324,60 @@ def openai_clip_checkpoint(sd: dict[str, Tensor], path: Path | str = "state dict
     return Checkpoint(_name_for(args), args, ours, {"source_format": "openai_clip"}, interpolation="bicubic")
 
 
+def _text_args(ours: dict[str, Tensor], num_heads: int | None) -> dict[str, Any]:
+    """The text tower's sizes from our-named weights (OpenAI's rules: heads = width / 64, eot the last id)."""
+    text_dim = ours["text.encoder.norm.weight"].shape[0]
+    vocab = ours["text.embed.tok.weight"].shape[0]
+    return {"text_dim": text_dim, "text_depth": count_blocks(list(ours), "text.encoder.layers.{i}.norm1.weight"),
+            "text_heads": num_heads or max(text_dim // 64, 1),
+            "text_mlp_ratio": ours["text.encoder.layers.0.mlp.fc1.weight"].shape[0] / text_dim,
+            "vocab_size": vocab, "context_length": ours["text.embed.pos"].shape[0],
+            "embed_dim": ours["text_projection.weight"].shape[0], "eos_id": vocab - 1, "text_pool": "argmax",
+            "act": "quick_gelu"}
+
+
+def openai_rn_args(ours: dict[str, Tensor], num_heads: int | None = None) -> dict[str, Any]:
+    """clip_* model args of an OpenAI ModifiedResNet CLIP from its (our-named) weights' shapes: width = the stem's
+    last conv (conv3: (width, width/2, 3, 3)), blocks per stage = the layerN.i counted, attention-pool heads =
+    width * 32 // 64 (OpenAI's rule), img_size = the pool's grid (position table 1 + g*g rows) times the stride."""
+    keys = list(ours)
+    stages = count_blocks(keys, "visual.layer{i}.0.conv1.weight") - 1       # layer1.. (1-based)
+    layers = tuple(count_blocks(keys, f"visual.layer{s}.{{i}}.conv1.weight") for s in range(1, stages + 1))
+    width = ours["visual.conv3.weight"].shape[0]
+    grid = math.isqrt(ours["visual.attnpool.positional_embedding"].shape[0] - 1)
+    return {"vision": "resnet", "vision_layers": layers, "vision_width": width,
+            "vision_heads": num_heads or max(width * 32 // 64, 1), "img_size": grid * 4 * 2 ** (stages - 1),
+            "in_chans": ours["visual.conv1.weight"].shape[1], **_text_args(ours, num_heads),
+            "embed_dim": ours["visual.attnpool.c_proj.weight"].shape[0]}
+
+
+def _openai_rn_checkpoint(sd: dict[str, Tensor], path: Path | str, num_heads: int | None) -> Checkpoint:
+    ours = rename_or_raise(sd, OPENAI_CLIP_RN_KEYS,
+                           what=f"{path}: weights this OpenAI/open_clip ResNet CLIP converter does not know")
+    ours["text_projection.weight"] = ours.pop("text_projection.proj_T").t().contiguous()
+    for k in [k for k in ours if k.endswith(".running_mean")]:    # OpenAI's files may lack BN's counter
+        ours.setdefault(k.replace(".running_mean", ".num_batches_tracked"), torch.tensor(0))
+    args = openai_rn_args(ours, num_heads)
+    name = "clip_rn50_224" if args["vision_layers"] == (3, 4, 6, 3) else "clip_resnet_micro_64"
+    return Checkpoint(name, args, ours, {"source_format": "openai_clip"}, interpolation="bicubic")
+
+
 def clip_to_openai(model: nn.Module) -> dict[str, Tensor]:
     """A vitlab CLIP's weights in the OpenAI / open_clip layout (what `model.state_dict()` gives there)."""
-    sd = _ours_to_foreign_shapes(dict(model.state_dict()), openai=True)
-    out, unknown = rename(sd, OPENAI_CLIP_KEYS, reverse=True)
+    sd = dict(model.state_dict())
+    if getattr(model.cfg, "vision", "vit") == "resnet":
+        sd["text_projection.proj_T"] = sd.pop("text_projection.weight").t().contiguous()
+        table = OPENAI_CLIP_RN_KEYS
+    else:
+        sd, table = _ours_to_foreign_shapes(sd, openai=True), OPENAI_CLIP_KEYS
+    out, unknown = rename(sd, table, reverse=True)
     if unknown:
         raise VitlabError(f"{getattr(model, 'vitlab_name', 'model')}: no OpenAI CLIP name for {', '.join(unknown)}")
     return out
 
 
 _OPENAI_FORMAT = Format("openai_clip", is_openai_clip_file, read_openai_clip,
-                        "an OpenAI CLIP / open_clip ViT state dict (.pt/.pth/.bin/.safetensors)")
+                        "an OpenAI CLIP / open_clip ViT or ResNet state dict (.pt/.pth/.bin/.safetensors)")
 register_format(_OPENAI_FORMAT)
 # before the timm reader (which may have registered first): it would take any state-dict file
 FORMATS.remove(_OPENAI_FORMAT)

@@ -11,7 +11,7 @@ Three changes to ResNet-D-like bottlenecks, all from the paper and OpenAI's rele
                    -> forward_head(map, pre_logits=True) -> (B, output_dim)
 
 Names follow OpenAI's `ModifiedResNet` (conv1..3/bn1..3, layerN.i.conv1.., downsample.0/1, attnpool.q_proj..),
-so its `visual.*` keys equal ours (a converter key table for the RN layout is not written yet).
+so its `visual.*` keys equal ours (the key table: vitlab.convert.hf_clip.OPENAI_CLIP_RN_KEYS).
 """
 from __future__ import annotations
 
