@@ -19,7 +19,10 @@ The verdicts (vitlab.studies.verdict, paired over seeds): "ViT keeps more of its
 under patch drop" (mean relative accuracy over the drop fractions) and "ViT keeps more accuracy than the ResNet
 under PGD" (mean over the eps > 0).
 
-    vitlab study robustness                 # shapes 32 px, 1800 images, 3 models x 3 seeds x 20 epochs: ~25 min
+    vitlab study robustness                 # shapes 32 px, 9000 images, 3 models x 3 seeds x 8 epochs: ~60 min
+                                            # on 1 loaded thread (2250 steps a model: the ViT family trains
+                                            # with the jax init, _common.vit_init; with fewer, more repeated
+                                            # images the ViT overfits, benchmarks/results/vit_plateau/)
     vitlab study robustness --reuse         # re-evaluate the models an earlier run trained in --out
     vitlab study robustness --quick         # 16 px, a few images, one epoch: a smoke test (no verdict)
 """
@@ -64,12 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="shapes", type=text_arg,
                    help="data spec the models are trained on (default: generated shapes at --img-size)")
     p.add_argument("--img-size", type=int_arg(at_least=8), default=32)
-    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=300,
+    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=1500,
                    help="shapes training images per class (6 classes)")
     p.add_argument("--vit", type=text_arg, default="vit_micro_patch4_32", help="ViT model name")
     p.add_argument("--resnet", type=text_arg, default="resnet_micro_32", help="ResNet model name")
     p.add_argument("--hybrid", type=text_arg, default="vit_micro_r8_s4_32", help="hybrid (ResNet stem + ViT) name")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=20, help="training epochs of each model")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=8, help="training epochs of each model")
     p.add_argument("--eval-images", type=int_arg(at_least=1), default=600, help="validation images evaluated")
     p.add_argument("--attack-images", type=int_arg(at_least=1), default=200,
                    help="validation images attacked (those every model gets right)")
