@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import vitlab
+from vitlab.errors import VitlabError
 from vitlab.models.dino import dino_loss, teacher_momentum, teacher_temperature
 from vitlab.tasks.self_supervised import DINOObjective, MultiCropAugment, teacher_statistics
 
@@ -145,3 +146,24 @@ def test_collapse_guards():
     entropy = -(p * math.log(p) + (K - 1) * (0.1 / K) * math.log(0.1 / K))
     assert healthy["teacher_entropy"] == pytest.approx(entropy, rel=1e-5)
     assert healthy["teacher_kl_uniform"] == pytest.approx(math.log(K) - entropy, rel=1e-5)
+
+
+
+def test_backbone_weight_init_jax_reaches_both_backbones_and_leaves_the_papers_head_init():
+    torch.manual_seed(0)
+    model = vitlab.create_model("dino_vit_micro_patch4_32", out_dim=16, hidden_dim=32, bottleneck_dim=8,
+                                backbone_weight_init="jax")
+    for net in (model.student, model.teacher):
+        qkv = net.backbone.blocks[0].attn.qkv.weight                # (3 * dim, dim) = (192, 64)
+        bound = math.sqrt(6.0 / (qkv.shape[0] + qkv.shape[1]))     # xavier-uniform: U(-a, a), std a / sqrt(3)
+        assert 0.97 * bound < qkv.abs().max() <= bound
+        assert qkv.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)       # 0.088, not 0.02
+        assert net.head.mlp[0].weight.std().item() == pytest.approx(0.02, rel=0.1)    # the paper's head init
+    s, t = model.student.state_dict(), model.teacher.state_dict()
+    assert s.keys() == t.keys() and all(torch.equal(s[k], t[k]) for k in s)          # the teacher is the student
+    # the default is the official code's truncated normal 0.02 (jax did not make DINO learn on scenes: README)
+    plain = vitlab.create_model("dino_vit_micro_patch4_32", out_dim=16, hidden_dim=32, bottleneck_dim=8)
+    assert plain.cfg.backbone_weight_init == ""
+    assert plain.student.backbone.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    with pytest.raises(VitlabError, match="weight_init must be"):
+        vitlab.create_model("dino_vit_micro_patch4_32", backbone_weight_init="xavier")

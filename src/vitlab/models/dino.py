@@ -51,6 +51,8 @@ class DINOConfig:
     global_crops_scale: tuple[float, float] = (0.4, 1.0)    # area fraction of a global crop (the paper's)
     local_crops_scale: tuple[float, float] = (0.05, 0.4)    # area fraction of a local crop (the paper's)
     drop_path_rate: float = 0.1              # stochastic depth of the student (the teacher has none)
+    backbone_weight_init: str = ""           # the backbone's ViTConfig.weight_init ("" or "jax"); the head keeps
+                                             # the paper's truncated normal 0.02 whatever this is
     num_classes: int = 0                     # labels of the data it was trained on (informative; no classifier)
     mean: tuple[float, ...] | None = None    # input normalisation; None: the backbone's
     std: tuple[float, ...] | None = None
@@ -145,8 +147,9 @@ class DINO(nn.Module):
         cfg.global_crops_scale, cfg.local_crops_scale = tuple(cfg.global_crops_scale), tuple(cfg.local_crops_scale)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
+        init = {"weight_init": cfg.backbone_weight_init} if cfg.backbone_weight_init else {}
         student_backbone = build_model(cfg.backbone, num_classes=0, img_size=cfg.img_size,
-                                       drop_path_rate=cfg.drop_path_rate)
+                                       drop_path_rate=cfg.drop_path_rate, **init)
         if not hasattr(student_backbone, "patch_embed") or getattr(student_backbone, "cls_token", None) is None:
             raise VitlabError(f"DINO backbone {cfg.backbone} must be a ViT/DeiT with a [CLS] token")
         dim = student_backbone.dim
@@ -154,7 +157,8 @@ class DINO(nn.Module):
         cfg.std = tuple(cfg.std or student_backbone.cfg.std)
         self.student = MultiCropNet(student_backbone, DINOHead(dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
                                                                cfg.norm_last_layer))
-        teacher_backbone = build_model(cfg.backbone, num_classes=0, img_size=cfg.img_size, drop_path_rate=0.0)
+        teacher_backbone = build_model(cfg.backbone, num_classes=0, img_size=cfg.img_size, drop_path_rate=0.0,
+                                       **init)
         self.teacher = MultiCropNet(teacher_backbone, DINOHead(dim, cfg.out_dim, cfg.hidden_dim,
                                                                cfg.bottleneck_dim, cfg.norm_last_layer))
         self.teacher.load_state_dict(self.student.state_dict())      # the teacher starts as the student

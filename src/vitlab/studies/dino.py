@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "backbone" not in cfg:
         raise_not_dino(dino_name)
     supervised_name, size = cfg["backbone"], cfg["img_size"]
+    # the supervised model starts from the same init as DINO's backbone (a fair comparison of what each learns)
+    supervised_args = {"weight_init": cfg["backbone_weight_init"]} if cfg.get("backbone_weight_init") else {}
     n_train = 32 if args.quick else args.train_images
     epochs, batch = (1, 16) if args.quick else (args.epochs, args.batch_size)
     data = f"scenes:{n_train}"
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common = dict(data=data, epochs=epochs, batch_size=batch, lr=args.lr, seed=seed, img_size=size,
                       warmup_epochs=min(1.0, epochs / 5))
         dino_cfg = TrainConfig(model=dino_name, out=str(out / f"dino-seed{seed}"), **common)
-        sup_cfg = TrainConfig(model=supervised_name, out=str(out / f"supervised-seed{seed}"), **common)
+        sup_cfg = TrainConfig(model=supervised_name, out=str(out / f"supervised-seed{seed}"),
+                              model_args=supervised_args, **common)
         log.info("%s: seed %d: DINO (%s), then supervised (%s), %d epochs each", NAME, seed, dino_name,
                  supervised_name, epochs)
         dino_metrics = run_training(dino_cfg, overwrite=True)
