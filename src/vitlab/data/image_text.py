@@ -60,16 +60,13 @@ class ImageTextBundle:
 
 def build_image_text_data(spec: str, image_size: int, *, seed: int = 0, val_fraction: float = 0.2
                           ) -> ImageTextBundle:
-    """`scenes` / `scenes:N` (N training images before the held-out filter; val N/4, 16 to 500), a CSV or a COCO
+    """`scenes` / `scenes:N` (N training images before the held-out filter; val N/4, 16 to 500) /
+    `scenes:N,objects=A-B` (training images hold A..B objects, uniform; val keeps 1..3), a CSV or a COCO
     captions JSON."""
     if spec == "scenes" or spec.startswith("scenes:"):
-        n_train = SCENES_TRAIN
-        if ":" in spec:
-            count = spec.split(":", 1)[1]
-            if not count.isdigit() or int(count) < 1:
-                raise VitlabError(f"data spec {spec!r}: expected scenes:N with N a positive number of images")
-            n_train = int(count)
-        return scenes_pairs(image_size, seed=seed, n_train=n_train, n_val=min(SCENES_VAL, max(16, n_train // 4)))
+        n_train, objects = parse_scenes_pairs_spec(spec)
+        return scenes_pairs(image_size, seed=seed, n_train=n_train, n_val=min(SCENES_VAL, max(16, n_train // 4)),
+                            train_objects=objects)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise VitlabError(f"{spec}: expected 'scenes', a CSV of filepath,caption, or a COCO captions JSON")
@@ -88,12 +85,33 @@ def build_image_text_data(spec: str, image_size: int, *, seed: int = 0, val_frac
     return ImageTextBundle(sets["train"], sets["val"], [], str(spec))
 
 
-def scenes_pairs(image_size: int, *, seed: int = 0, n_train: int = SCENES_TRAIN,
-                 n_val: int = SCENES_VAL) -> ImageTextBundle:
+def parse_scenes_pairs_spec(spec: str) -> tuple[int, tuple[int, int] | None]:
+    """`scenes[:N][,objects=A-B]` -> (N, (A, B) or None). `objects=K` means K-K."""
+    n_train, objects = SCENES_TRAIN, None
+    parts = spec.split(":", 1)[1].split(",") if ":" in spec else []
+    usage = (f"data spec {spec!r}: expected scenes, scenes:N or scenes:N,objects=A-B (N a positive number of "
+             "images, 1 <= A <= B object counts of the training images)")
+    for k, part in enumerate(parts):
+        if k == 0 and part.isdigit() and int(part) >= 1:
+            n_train = int(part)
+        elif part.startswith("objects=") and objects is None:
+            bounds = part.removeprefix("objects=").split("-")
+            if len(bounds) > 2 or not all(b.isdigit() for b in bounds):
+                raise VitlabError(usage)
+            objects = (int(bounds[0]), int(bounds[-1]))
+            if not 1 <= objects[0] <= objects[1]:
+                raise VitlabError(usage)
+        else:
+            raise VitlabError(usage)
+    return n_train, objects
+
+
+def scenes_pairs(image_size: int, *, seed: int = 0, n_train: int = SCENES_TRAIN, n_val: int = SCENES_VAL,
+                 train_objects: tuple[int, int] | None = None) -> ImageTextBundle:
     from .scenes import build_scenes
     from .shapes import SHAPE_CLASSES
 
-    train, val = build_scenes(image_size, seed=seed, n_train=n_train, n_val=n_val)
+    train, val = build_scenes(image_size, seed=seed, n_train=n_train, n_val=n_val, train_objects=train_objects)
     held = set(HELD_OUT_PAIRS)
 
     def has_held(objects: list) -> bool:

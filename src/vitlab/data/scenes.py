@@ -90,10 +90,16 @@ class Scenes:
 
 
 def build_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = 2000, n_val: int = 500,
-                 max_objects: int = 3) -> tuple[Scenes, Scenes]:
-    """Train and val scenes, each from its own stream of seed."""
+                 max_objects: int = 3, train_objects: tuple[int, int] | None = None) -> tuple[Scenes, Scenes]:
+    """Train and val scenes, each from its own stream of seed. Objects per image: uniform in 1..max_objects, or
+    in train_objects = (least, most) for the training split alone (val keeps 1..max_objects)."""
     _check_args(image_size, n_train, n_val, max_objects)
-    train = generate_scenes(n_train, image_size, np.random.default_rng([seed % 2**64, _TRAIN_STREAM]), max_objects)
+    least, most = train_objects or (1, max_objects)
+    _check_args(image_size, n_train, n_val, most)
+    if isinstance(least, bool) or not isinstance(least, int) or not 1 <= least <= most:
+        raise VitlabError(f"scenes training object counts must be integers 1 <= least <= most, got {train_objects}")
+    train = generate_scenes(n_train, image_size, np.random.default_rng([seed % 2**64, _TRAIN_STREAM]), most,
+                            min_objects=least)
     val = generate_scenes(n_val, image_size, np.random.default_rng([seed % 2**64, _VAL_STREAM]), max_objects)
     return train, val
 
@@ -122,14 +128,16 @@ def scenes_detection_set(scenes: Scenes) -> DetectionSet:
                         masks=list(scenes.instance_masks), areas=areas)
 
 
-def generate_scenes(n: int, image_size: int, rng: np.random.Generator, max_objects: int = 3) -> Scenes:
-    """n scenes of size image_size drawn from rng, one image after another (so a prefix does not depend on n)."""
+def generate_scenes(n: int, image_size: int, rng: np.random.Generator, max_objects: int = 3,
+                    min_objects: int = 1) -> Scenes:
+    """n scenes of size image_size drawn from rng, one image after another (so a prefix does not depend on n);
+    min_objects..max_objects objects each (uniform; an object with no free place is left out)."""
     S = image_size
     images = torch.empty(n, 3, S, S, dtype=torch.uint8)
     semantic = torch.zeros(n, S, S, dtype=torch.uint8)
     all_objects, all_boxes, all_masks, captions = [], [], [], []
     for i in range(n):
-        objects = sample_objects(rng, S, int(rng.integers(1, max_objects + 1)))
+        objects = sample_objects(rng, S, int(rng.integers(min_objects, max_objects + 1)))
         background = textured_background(rng, S)  # (S, S, 3) float32
         image, visible = render_objects(background, objects)
         keep = visible.any(axis=(1, 2))  # an object too small to cover half a pixel anywhere is left out

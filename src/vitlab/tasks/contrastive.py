@@ -7,8 +7,8 @@ saved with every checkpoint (task_extras) so zero-shot and predict can read prom
 
 Metrics (metrics.json): val_i2t_r1/r5/r10 and val_t2i_* (fractions; identical captions count as matches),
 val_median_rank / val_mean_rank (image -> text), val_zeroshot_top1 (percent: single-object val scenes classified by
-shape from prompts, ensembled over templates), val_compositional_r5 (image -> text R@5 over the val scenes that hold
-a colour-shape pair no training image held). Primary: val_i2t_r1.
+shape from prompts, ensembled over templates as ENSEMBLES says), val_compositional_r5 (image -> text R@5 over the
+val scenes that hold a colour-shape pair no training image held). Primary: val_i2t_r1.
 """
 from __future__ import annotations
 
@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 RETRIEVAL_KEYS = ("val_i2t_r1", "val_i2t_r5", "val_i2t_r10", "val_t2i_r1", "val_t2i_r5", "val_t2i_r10",
                   "val_median_rank", "val_mean_rank")
 GENERIC_TEMPLATES = ("a photo of a {}", "a {}")
-# scenes captions name size and colour before the shape: one prompt per (size, colour), averaged (CLIP §3.1.4)
+# scenes captions name size and colour before the shape: one prompt per (size, colour), the "prob" ensemble
 SCENES_TEMPLATES = tuple(f"a {size} {colour} {{}}" for size in ("small", "large")
                          for colour in ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "white"))
+# How a class's prompts are combined. "mean": CLIP's ensemble in embedding space (the normalised mean of the
+# normalised prompt embeddings). "prob": the ensemble in probability space, p(class) = sum over its prompts of
+# softmax(scale * cos) over every class's prompts. When each prompt names a nuisance attribute the image shows
+# (scenes: its one colour and size), only the matching prompt scores high; the mean blurs it with the 15
+# prompts of other colours and sizes, while the sum over prompts marginalises the colour and size out.
+ENSEMBLES = ("mean", "prob")
 
 
 class ContrastiveTask(Task):
@@ -60,9 +66,11 @@ class ContrastiveTask(Task):
                                                           for c in data.classes], max_length=context)
         data.tokenizer = tok
         data.templates = SCENES_TEMPLATES if data.name == "scenes" else GENERIC_TEMPLATES
+        data.ensemble = default_ensemble(data.templates)
         for split in (data.train, data.val):
             split.ids = tok.encode_batch(split.captions, truncate=True)[0]           # (N, L)
             split.tokenizer, split.templates, split.classes = tok, data.templates, data.classes
+            split.ensemble = data.ensemble
         return data
 
     def model_args(self, data: Any) -> dict[str, Any]:
@@ -71,7 +79,7 @@ class ContrastiveTask(Task):
 
     def checkpoint_extras(self, data: Any) -> dict[str, Any]:
         return {"tokenizer": data.tokenizer.to_dict(), "templates": list(data.templates),
-                "classes": list(data.classes)}
+                "classes": list(data.classes), "ensemble": data.ensemble}
 
     def restore_extras(self, model: nn.Module, extras: dict[str, Any]) -> None:
         from ..text.tokenizer import TextTokenizer
@@ -79,6 +87,7 @@ class ContrastiveTask(Task):
         if extras.get("tokenizer"):
             model.tokenizer = TextTokenizer.from_dict(extras["tokenizer"])
         model.templates = tuple(extras.get("templates") or GENERIC_TEMPLATES)
+        model.ensemble = extras.get("ensemble") or default_ensemble(model.templates)
 
     def num_train_batches(self, data: Any, batch_size: int, world_size: int = 1) -> int:
         return len(data.train) // (batch_size * world_size)
@@ -135,15 +144,18 @@ class ContrastiveTask(Task):
         tok = clip_tokenizer(model)
         images = predictor.normalize(predictor.load_images(paths).to(predictor.device))
         with torch.no_grad():
+            image_embeds = nn.functional.normalize(model.encode_image(images), dim=-1)         # (N, E)
             if texts:
                 labels = list(texts)
                 ids = tok.encode_batch(labels, truncate=True)[0].to(predictor.device)
                 classifier = nn.functional.normalize(model.encode_text(ids), dim=-1)
+                probs = (model.scale() * image_embeds @ classifier.t()).softmax(-1)
             else:
                 labels = predictor.classes
-                classifier = zero_shot_classifier(model, tok, labels, getattr(model, "templates", GENERIC_TEMPLATES))
-            probs = (model.scale() * nn.functional.normalize(model.encode_image(images), dim=-1)
-                     @ classifier.t()).softmax(-1)
+                templates = getattr(model, "templates", GENERIC_TEMPLATES)
+                ensemble = getattr(model, "ensemble", None) or default_ensemble(templates)
+                probs = zero_shot_log_probs(model, tok, image_embeds.float(), labels, templates, ensemble,
+                                            predictor.device).exp()
         lines = []
         for path, p in zip(paths, probs):
             top = p.topk(min(top_k, len(labels)))
@@ -195,7 +207,14 @@ def clip_tokenizer(model: nn.Module) -> Any:
         tok = TextTokenizer.from_dict(extras["tokenizer"])
         model.tokenizer = tok
         model.templates = tuple(extras.get("templates") or GENERIC_TEMPLATES)
+        model.ensemble = extras.get("ensemble") or default_ensemble(model.templates)
     return tok
+
+
+def default_ensemble(templates: Sequence[str]) -> str:
+    """"prob" for scenes' (size, colour) templates (a checkpoint saved before `ensemble` was kept is read the same
+    way), else CLIP's "mean"."""
+    return "prob" if tuple(templates) == SCENES_TEMPLATES else "mean"
 
 
 @torch.no_grad()
@@ -229,17 +248,47 @@ def zero_shot_classifier(model: nn.Module, tok: Any, classes: Sequence[str], tem
                          device: torch.device | None = None) -> Tensor:
     """Prompt ensembling (CLIP §3.1.4): each class's embedding is the normalised mean of its normalised prompt
     embeddings, one prompt per template. -> (num_classes, E)."""
-    if not classes:
-        raise VitlabError("zero-shot needs at least one class name")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise VitlabError(f"a template must hold {{}} where the class name goes, got {bad[0]!r}")
+    _check_prompts(classes, templates)
     device = device or next(model.parameters()).device
     rows = []
     for name in classes:
         emb = encode_texts(model, tok, [t.format(name) for t in templates], device)     # (T, E)
         rows.append(nn.functional.normalize(emb.mean(0), dim=-1))
     return torch.stack(rows)
+
+
+def _check_prompts(classes: Sequence[str], templates: Sequence[str]) -> None:
+    if not classes:
+        raise VitlabError("zero-shot needs at least one class name")
+    if not templates:
+        raise VitlabError("zero-shot needs at least one template")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise VitlabError(f"a template must hold {{}} where the class name goes, got {bad[0]!r}")
+
+
+@torch.no_grad()
+def zero_shot_log_probs(model: nn.Module, tok: Any, image_embeds: Tensor, classes: Sequence[str],
+                        templates: Sequence[str], ensemble: str = "mean",
+                        device: torch.device | None = None) -> Tensor:
+    """Class log-probabilities (N, C) of L2-normalised image embeddings (N, E), at the model's learned scale.
+
+    "mean": log_softmax(scale * image @ zero_shot_classifier(...)^T). "prob": with s[n, c, t] = scale *
+    cos(image n, prompt t of class c), log p(c | n) = logsumexp_t s[n, c, t] - logsumexp_{c', t} s[n, c', t].
+    """
+    if ensemble not in ENSEMBLES:
+        raise VitlabError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
+    device = device or next(model.parameters()).device
+    scale = float(model.scale())
+    if ensemble == "mean":
+        classifier = zero_shot_classifier(model, tok, classes, templates, device)              # (C, E)
+        return (scale * image_embeds @ classifier.t().to(image_embeds)).log_softmax(-1)
+    _check_prompts(classes, templates)
+    prompts = [t.format(name) for name in classes for t in templates]
+    text = encode_texts(model, tok, prompts, device).to(image_embeds)                          # (C * T, E)
+    s = (scale * image_embeds @ text.t()).view(len(image_embeds), len(classes), len(templates))  # (N, C, T)
+    per_class = s.logsumexp(-1)                                                                # (N, C)
+    return per_class - per_class.logsumexp(-1, keepdim=True)
 
 
 @torch.no_grad()
@@ -271,8 +320,9 @@ def evaluate_pairs(model: nn.Module, dataset: Any, device: torch.device, precisi
     if dataset.shapes and dataset.classes:
         single = [i for i, s in enumerate(dataset.shapes) if len(s) == 1]
         if single:
-            classifier = zero_shot_classifier(model, tok, dataset.classes, dataset.templates, device)
-            pred = (images[single] @ classifier.t()).argmax(-1).cpu()
+            ensemble = getattr(dataset, "ensemble", None) or default_ensemble(dataset.templates)
+            pred = zero_shot_log_probs(model, tok, images[single], dataset.classes, dataset.templates, ensemble,
+                                       device).argmax(-1).cpu()
             truth = torch.tensor([dataset.classes.index(dataset.shapes[i][0]) for i in single])
             result["val_zeroshot_top1"] = 100.0 * float((pred == truth).float().mean())
             result["val_zeroshot_images"] = len(single)
@@ -295,10 +345,10 @@ def evaluate_pairs(model: nn.Module, dataset: Any, device: torch.device, precisi
 
 def zero_shot_evaluate(checkpoint: str, data: str, *, classes: Sequence[str] | None = None,
                        templates: Sequence[str] | None = None, split: str = "val", device: str = "cpu",
-                       precision: str = "fp32", seed: int = 0) -> dict[str, Any]:
+                       precision: str = "fp32", seed: int = 0, ensemble: str | None = None) -> dict[str, Any]:
     """`vitlab zero-shot`: a CLIP checkpoint classifies a labelled data set (vitlab.data.build_data) from text
     prompts alone: top-1/top-5 (percent) over `classes` (default: the data's class names, in its label order),
-    each class embedded through every template and averaged."""
+    each class's templates combined by `ensemble` (default: the checkpoint's; see ENSEMBLES)."""
     from ..checkpoint import load_model
     from ..data import build_data
     from ..runtime import resolve_device
@@ -319,16 +369,16 @@ def zero_shot_evaluate(checkpoint: str, data: str, *, classes: Sequence[str] | N
     dataset = bundle.val if split == "val" else bundle.train
     images = dataset.images if dataset.images is not None else torch.stack(
         [dataset.read_image(i) for i in range(len(dataset))])
-    classifier = zero_shot_classifier(model, tok, names, templates, dev)
-    with torch.no_grad():
-        logits = encode_images(model, images, dev, precision=precision) @ classifier.t()        # (N, C)
+    ensemble = ensemble or getattr(model, "ensemble", None) or default_ensemble(templates)
+    logits = zero_shot_log_probs(model, tok, encode_images(model, images, dev, precision=precision), names,
+                                 templates, ensemble, dev)                                      # (N, C)
     labels = dataset.labels
     top = logits.topk(min(5, len(names)), dim=-1).indices.cpu()
     top1 = 100.0 * float((top[:, 0] == labels).float().mean())
     top5 = 100.0 * float((top == labels[:, None]).any(-1).float().mean())
     unknown = [n for n in names if tok.unk_id in tok.encode(n, bos=False, eos=False)]   # read as <unk>
     return {"top1": top1, "top5": top5, "chance": 100.0 / len(names), "images": len(labels), "classes": names,
-            "templates": list(templates), "data": data, "split": split,
+            "templates": list(templates), "ensemble": ensemble, "data": data, "split": split,
             **({"classes_not_in_vocabulary": unknown} if unknown else {})}
 
 
