@@ -34,12 +34,13 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(PIP) -e ".[dev,onnx]"
 	touch $@
 
-# timm as a live oracle: a venv outside the clone (fresh clones reuse it), keyed by its requirements' hash.
+# timm and open_clip as live oracles: a venv outside the clone (fresh clones reuse it), keyed by its
+# requirements' hash.
 ORACLE_REQ := tests/oracle-requirements.txt
 ORACLE_VENV ?= $(HOME)/.cache/vitlab/oracle-venv-$(shell sha256sum $(ORACLE_REQ) | cut -c1-12)
 ORACLE_PY := $(ORACLE_VENV)/bin/python
 ORACLE_TESTS := tests/convert/test_timm_oracle.py tests/convert/test_timm.py tests/models/test_timm_convnets.py \
-	tests/models/test_swin.py tests/bench/test_throughput.py
+	tests/models/test_swin.py tests/bench/test_throughput.py tests/convert/test_openai_clip_rn_oracle.py
 
 $(ORACLE_VENV)/.ready: $(ORACLE_REQ)
 	$(PYTHON) -m venv $(ORACLE_VENV)
@@ -47,10 +48,10 @@ $(ORACLE_VENV)/.ready: $(ORACLE_REQ)
 	$(ORACLE_PY) -m pip install -q -r $(ORACLE_REQ)
 	touch $@
 
-# vitlab itself (this clone, editable; its pure-python dependencies where missing), then the timm tests.
+# vitlab itself (this clone, editable; its pure-python dependencies where missing), then the timm and open_clip tests.
 oracle: $(ORACLE_VENV)/.ready
 	$(ORACLE_PY) -m pip install -q -e .
-	VITLAB_ORACLE=1 HF_HUB_OFFLINE=1 $(ORACLE_PY) -m pytest -q -k "timm or Timm" $(ORACLE_TESTS)
+	VITLAB_ORACLE=1 HF_HUB_OFFLINE=1 $(ORACLE_PY) -m pytest -q -k "timm or Timm or open_clip" $(ORACLE_TESTS)
 
 timm-golden: $(ORACLE_VENV)/.ready
 	$(ORACLE_PY) -m pip install -q -e .

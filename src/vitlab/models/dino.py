@@ -51,6 +51,9 @@ class DINOConfig:
     global_crops_scale: tuple[float, float] = (0.4, 1.0)    # area fraction of a global crop (the paper's)
     local_crops_scale: tuple[float, float] = (0.05, 0.4)    # area fraction of a local crop (the paper's)
     drop_path_rate: float = 0.1              # stochastic depth of the student (the teacher has none)
+    hue_jitter: float = 0.1                  # colour jitter's hue range (the paper's 0.1; 0.5 = any hue, for data
+                                             # whose colours are a nuisance to the labels, like `scenes`' shapes)
+    grayscale_p: float = 0.2                 # probability of a grayscale view (the paper's 0.2)
     backbone_weight_init: str = ""           # the backbone's ViTConfig.weight_init ("" or "jax"); the head keeps
                                              # the paper's truncated normal 0.02 whatever this is
     num_classes: int = 0                     # labels of the data it was trained on (informative; no classifier)

@@ -36,20 +36,26 @@ class MultiCropAugment(nn.Module):
     """(uint8 images (B, 3, S, S), labels (B,)) -> (global crops (2B, 3, S, S), {"local": (nB, 3, L, L), "labels"})
 
     DINO's views (§ Appendix; the paper's scale ranges): random resized crops (global 0.4-1, local 0.05-0.4 of the
-    area), flips, colour jitter (0.4, 0.4, 0.2, 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (p 1.0 / 0.1 on the
-    two global views, 0.5 on the local ones; sigma scaled to the image side) and solarisation (second global
-    view, p 0.2). Views are stacked view-major: rows [v B, (v + 1) B) are view v.
+    area), flips, colour jitter (0.4, 0.4, 0.2, hue 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (p 1.0 / 0.1 on
+    the two global views, 0.5 on the local ones; sigma scaled to the image side) and solarisation (second global
+    view, p 0.2). `hue` and `grayscale_p` override the paper's 0.1 and 0.2. Views are stacked view-major: rows
+    [v B, (v + 1) B) are view v.
     """
 
     def __init__(self, img_size: int, local_size: int, num_local: int, global_scale: tuple[float, float],
-                 local_scale: tuple[float, float], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 local_scale: tuple[float, float], mean: tuple[float, ...], std: tuple[float, ...],
+                 hue: float = 0.1, grayscale_p: float = 0.2) -> None:
         super().__init__()
+        if not 0.0 <= hue <= 0.5:
+            raise VitlabError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue}")
+        if not 0.0 <= grayscale_p <= 1.0:
+            raise VitlabError(f"grayscale_p must be a probability in [0, 1], got {grayscale_p}")
         self.num_local = num_local
         sigma = (0.1, 2.0 * img_size / 224)                        # the paper's 0.1-2 px at 224 px
 
         def view(size: int, scale: tuple[float, float], blur: float, solarize: float = 0.0) -> nn.Sequential:
             ops = [K.RandomResizedCrop((size, size), scale=scale), K.RandomHorizontalFlip(),
-                   K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
+                   K.ColorJitter(0.4, 0.4, 0.2, hue, p=0.8), K.RandomGrayscale(p=grayscale_p)]
             if blur > 0:
                 ops.append(K.RandomGaussianBlur((5, 5), sigma, p=blur))
             if solarize > 0:
@@ -134,7 +140,8 @@ class SelfSupervisedTask(LabelledImageBatches, Task):
     def augment(self, cfg: Any, model: nn.Module, data: Any, image_size: int) -> nn.Module:
         c = model.cfg
         return MultiCropAugment(image_size, c.local_size, c.num_local_crops, c.global_crops_scale,
-                                c.local_crops_scale, *mean_std(model))
+                                c.local_crops_scale, *mean_std(model), hue=c.hue_jitter,
+                                grayscale_p=c.grayscale_p)
 
     def objective(self, cfg: Any, model: nn.Module, device: torch.device) -> Any:
         return DINOObjective(model, cfg.epochs)
