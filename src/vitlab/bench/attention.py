@@ -50,13 +50,19 @@ def grid_for(tokens: int) -> tuple[int, int]:
 
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     """Largest extra memory allocated at any moment while `fn()` runs (bytes)."""
+    return memory_profile(fn, device)[0]
+
+
+def memory_profile(fn: Callable[[], Any], device: torch.device) -> tuple[int, int]:
+    """(peak, retained) bytes of `fn()`: the largest extra memory allocated at any moment while it runs, and what
+    it leaves allocated when it returns (caches it built)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
+        return torch.cuda.max_memory_allocated(device) - before, torch.cuda.memory_allocated(device) - before
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -68,7 +74,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     for _, nbytes in events:                    # allocations positive, frees negative, in time order
         current += nbytes
         peak = max(peak, current)
-    return peak
+    return peak, current
 
 
 @contextmanager
