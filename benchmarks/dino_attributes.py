@@ -1,0 +1,71 @@
+"""What a DINO run's features encode on single-object `scenes`: weighted k-NN top-1 (k 20, T 0.07, as `vitlab eval
+--protocol knn`) of the frozen [CLS] features on four labels of the same images: the shape (what the study
+scores), the colour (8 palette names), the size (small/large) and the position (the image quadrant of the object's
+centre). A run that learned nothing sits at each label's untrained level; one that learned a nuisance attribute
+rises on it and not on the shape.
+
+    python benchmarks/dino_attributes.py RUN [RUN ...] [--train-images 8000] [--untrained vit_micro_patch8_64]
+
+Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N` as `vitlab train` builds it (seed 0,
+N train / N // 4 val, 64 px); the memory bank is the train split, the queries the val split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+from vitlab.checkpoint import load_model
+from vitlab.data.imageset import ImageSet
+from vitlab.data.scenes import PALETTE, SIZE_CLASSES, build_scenes
+from vitlab.data.shapes import SHAPE_CLASSES
+from vitlab.eval_protocols import extract_features, knn_top1
+
+
+def attribute_labels(scenes: Any) -> dict[str, torch.Tensor]:
+    """{attribute: (N,) int64} of one-object scenes: shape, colour, size and centre quadrant."""
+    colours, sizes, half = list(PALETTE), list(SIZE_CLASSES), scenes.image_size / 2
+    objs = [o[0] for o in scenes.objects]
+    return {"shape": torch.tensor([o.label for o in objs]),
+            "colour": torch.tensor([colours.index(o.colour) for o in objs]),
+            "size": torch.tensor([sizes.index(o.size) for o in objs]),
+            "quadrant": torch.tensor([int(o.cx >= half) + 2 * int(o.cy >= half) for o in objs])}
+
+
+def measure(model: torch.nn.Module, train: Any, val: Any) -> dict[str, float]:
+    sets = [ImageSet(SHAPE_CLASSES, [o[0].label for o in s.objects], s.image_size, images=s.images)
+            for s in (train, val)]
+    f_train, f_val = (extract_features(model, s) for s in sets)                        # (N, dim) each
+    l_train, l_val = attribute_labels(train), attribute_labels(val)
+    return {k: knn_top1(f_train, l_train[k], f_val, l_val[k]) for k in l_train}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", help="run directories (DINO or supervised checkpoints)")
+    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--untrained", action="append", default=[], help="registered model to score at init")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    train, val = build_scenes(64, seed=0, n_train=args.train_images, n_val=max(1, args.train_images // 4),
+                              max_objects=1)
+    rows = []
+    for run in args.runs:
+        rows.append({"model": run, **measure(load_model(run).eval(), train, val)})
+        print(json.dumps(rows[-1]), flush=True)
+    for name in args.untrained:
+        import vitlab
+        torch.manual_seed(0)
+        kw = {"weight_init": "jax"} if name.startswith("vit_") else {}
+        rows.append({"model": f"{name} (untrained, seed 0)", **measure(vitlab.create_model(name, num_classes=6,
+                                                                                             **kw).eval(), train, val)})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
