@@ -63,7 +63,8 @@ MODELS = {"ViT + transformer": ("caption_vit_micro_patch8_64", "ViT", "transform
           "ViT + LSTM": ("sat_lstm_vit_micro_patch8_64", "ViT", "LSTM"),
           "ResNet + LSTM": ("sat_lstm_resnet_micro_64", "ResNet", "LSTM"),
           "ResNet + LSTM, λ 0": ("sat_lstm_resnet_micro_64", "ResNet", "LSTM")}
-MODEL_ARGS = {"ResNet + LSTM, λ 0": {"doubly_stochastic": 0.0}}     # label -> constructor overrides
+LAMBDA0 = "ResNet + LSTM, λ 0"                                    # the ResNet + LSTM without eq. 14
+MODEL_ARGS = {LAMBDA0: {"doubly_stochastic": 0.0}}                # label -> constructor overrides
 SCORES = ("val_bleu4", "val_cider", "val_grounding", "val_grounding_uniform")
 QUICK_DATA, QUICK_BATCH = "scenes:32,8", 16
 
@@ -134,9 +135,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
         claims.append(common.claim(
             f"{encoder} encoder: the transformer decoder beats the LSTM decoder on BLEU-4", PAPER,
             compare([r["val_bleu4"] for r in a], [r["val_bleu4"] for r in b], paired=True, quick=args.quick)))
-    lam0 = "ResNet + LSTM, λ 0"
-    if lam0 in runs:
-        a, b = runs["ResNet + LSTM"], runs[lam0]
+    if LAMBDA0 in runs:
+        a, b = runs["ResNet + LSTM"], runs[LAMBDA0]
         claims.append(common.claim(
             "ResNet + LSTM: eq. 14's doubly stochastic penalty (λ 1) beats λ 0 on BLEU-4", PAPER,
             compare([r["val_bleu4"] for r in a], [r["val_bleu4"] for r in b], paired=True, quick=args.quick)))
