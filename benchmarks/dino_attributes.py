@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+import vitlab
 from vitlab.checkpoint import load_model
 from vitlab.data.imageset import ImageSet
 from vitlab.data.scenes import PALETTE, SIZE_CLASSES, build_scenes
@@ -56,9 +57,8 @@ def main() -> None:
         rows.append({"model": run, **measure(load_model(run).eval(), train, val)})
         print(json.dumps(rows[-1]), flush=True)
     for name in args.untrained:
-        import vitlab
         torch.manual_seed(0)
-        kw = {"weight_init": "jax"} if name.startswith("vit_") else {}
+        kw = {"weight_init": "jax"} if name.startswith("vit_") else {}      # the init the runs above start from
         rows.append({"model": f"{name} (untrained, seed 0)", **measure(vitlab.create_model(name, num_classes=6,
                                                                                              **kw).eval(), train, val)})
         print(json.dumps(rows[-1]), flush=True)

@@ -16,8 +16,7 @@ Table: val_bleu4, val_cider, val_grounding and val_grounding_uniform (greedy cap
 vitlab.tasks.captioning) as mean ± std over seeds. Verdicts (vitlab.studies.verdict, paired over seeds): "the
 transformer decoder beats the LSTM decoder on BLEU-4" for each encoder, and "attention is grounded:
 val_grounding > val_grounding_uniform" for each model, and "eq. 14 (lambda 1) beats lambda 0 on BLEU-4" for the
-ResNet + LSTM. Figure: captioning.png, the four scores
-with ±1 std error bars.
+ResNet + LSTM. Figure: captioning.png, the four scores with ±1 std error bars.
 
 Settings, from timed trials (1 thread, nice 10, on the shared 2 cores). At load average 3.3-4.2 (2000
 training scenes, 3 epochs) an epoch cost 2.9 / 4.0 / 4.2 / 6.2 ms per training image for ViT+transformer /
