@@ -170,3 +170,38 @@ def test_default_size_is_fast():
     train, val = build_scenes(64, seed=0, n_train=2000, n_val=1)
     assert len(train) == 2000
     assert time.perf_counter() - start < 12.0  # ~2 s on one core; generous for a shared machine
+
+
+def test_plain_background_is_one_grey_level_plus_grain():
+    """background="plain": outside the object every pixel is one grey level per image (all channels equal) plus
+    the fine grain (std 6), where a textured background varies far more from image to image region."""
+    plain, _ = build_scenes(48, seed=3, n_train=40, n_val=4, max_objects=1, background="plain")
+    textured, _ = build_scenes(48, seed=3, n_train=40, n_val=4, max_objects=1)
+    def background_spread(scenes):
+        spreads = []
+        for image, semantic in zip(scenes.images.float(), scenes.semantic_masks):
+            near = torch.nn.functional.max_pool2d((semantic > 0).float()[None], 5, 1, 2)[0] > 0  # 2 px margin
+            bg = image[:, ~near]                                # (3, background pixels off the antialiased edge)
+            spreads.append(float(bg.std()))
+        return np.array(spreads)
+    plain_spread, textured_spread = background_spread(plain), background_spread(textured)
+    assert plain_spread.max() < 7.0                            # the grain alone (6, clipped at the bounds)
+    assert np.median(textured_spread) > 1.5 * np.median(plain_spread)
+    assert len({round(float(i.float().mean()), 0) for i in plain.images}) > 20   # grey levels differ per image
+    with pytest.raises(VitlabError, match="scenes background must be one of textured, plain, got 'noise'"):
+        build_scenes(48, n_train=4, n_val=4, background="noise")
+
+
+def test_scenes_spec_with_background():
+    from vitlab.data import build_data
+    from vitlab.data.object_scenes import parse_scenes_spec
+
+    assert parse_scenes_spec("scenes") == (2000, "textured")
+    assert parse_scenes_spec("scenes:12,background=plain") == (12, "plain")
+    assert parse_scenes_spec("scenes,background=textured") == (2000, "textured")
+    bundle = build_data("scenes:12,background=plain", 32)
+    assert len(bundle.train) == 12 and len(bundle.val) == 3 and bundle.train.masks.shape == (12, 32, 32)
+    for bad in ("scenes:0", "scenes:12,background=grass", "scenes:12,size=large", "scenes:x",
+                "scenes:4,background=plain,background=plain"):
+        with pytest.raises(VitlabError, match=r"expected scenes, scenes:N or scenes:N,background=textured\|plain"):
+            parse_scenes_spec(bad)

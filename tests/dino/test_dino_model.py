@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import vitlab
 from vitlab.errors import VitlabError
-from vitlab.models.dino import dino_loss, teacher_momentum, teacher_temperature
+from vitlab.models.dino import dino_loss, teacher_momentum, teacher_temperature, weight_decay
 from vitlab.tasks.self_supervised import DINOObjective, MultiCropAugment, teacher_statistics
 
 
@@ -129,6 +129,32 @@ def test_optimizer_step_moves_the_teacher_with_the_scheduled_momentum():
     for t, before, s in zip(model.teacher.parameters(), t0, model.student.parameters()):
         torch.testing.assert_close(t, m * before + (1 - m) * s)
     assert int(model.step) == 1
+
+
+def test_weight_decay_schedule_cosine_004_to_04_on_decayed_groups_only():
+    assert weight_decay(0, 100) == pytest.approx(0.04) and weight_decay(100, 100) == pytest.approx(0.4)
+    assert weight_decay(50, 100) == pytest.approx(0.22)
+    assert weight_decay(25, 100) == pytest.approx(0.4 - 0.36 * (math.cos(math.pi / 4) + 1) / 2)
+    assert weight_decay(150, 100) == pytest.approx(0.4)
+    torch.manual_seed(0)
+    model = vitlab.create_model("dino_vit_micro_patch4_32", out_dim=16, hidden_dim=32, bottleneck_dim=8)
+    assert model.cfg.weight_decay_end == 0.4
+    objective = DINOObjective(model, epochs=2, weight_decay=0.05)
+    from vitlab.train.optim import build_optimizer
+    opt = build_optimizer(model, 1e-3, 0.05)
+    objective.bind(opt, steps_per_epoch=5)
+    seen = []
+    opt.register_step_post_hook(lambda o, *_: seen.append([g["weight_decay"] for g in o.param_groups]))
+    for _ in range(3):
+        model.zero_grad()
+        sum(p.sum() for p in model.student.parameters() if p.requires_grad).backward()
+        opt.step()
+    expected = [0.4 + 0.5 * (0.05 - 0.4) * (1 + math.cos(math.pi * i / 10)) for i in range(3)]
+    assert [w[0] for w in seen] == pytest.approx(expected) and all(w[1] == 0.0 for w in seen)
+    assert int(model.step) == 3
+    opt.load_state_dict(opt.state_dict())      # a resume: new group dicts; the schedule still reaches them
+    opt.step()
+    assert seen[-1][0] == pytest.approx(0.4 + 0.5 * (0.05 - 0.4) * (1 + math.cos(math.pi * 3 / 10)))
 
 
 def test_collapse_guards():

@@ -30,10 +30,11 @@ def build_data(spec: str, image_size: int, *, val_fraction: float = 0.25, seed: 
         raise VitlabError(f"image size must be a positive integer, got {image_size!r}")
     if spec == "digits":
         return build_digits(image_size)
-    if spec == "scenes" or spec.startswith("scenes:"):   # single-object scenes labelled by shape (with masks)
+    if spec == "scenes" or spec.startswith(("scenes:", "scenes,")):   # single-object scenes labelled by shape
         from .object_scenes import build_object_scenes, parse_scenes_spec
 
-        return build_object_scenes(image_size, seed=seed, n_train=parse_scenes_spec(spec))
+        n_train, background = parse_scenes_spec(spec)
+        return build_object_scenes(image_size, seed=seed, n_train=n_train, background=background)
     if spec == "numbers-en-fr" or spec.startswith("parallel:"):
         raise VitlabError(f"{spec} is text for translation: train a translation model on it (vitlab models "
                           "'transformer_*')")

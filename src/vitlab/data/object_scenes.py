@@ -1,6 +1,7 @@
 """Single-object `scenes` as a labelled image set: one shape per image, labelled by its shape, with its mask.
 
-The data spec `scenes` (or `scenes:N` for N training images) in vitlab.data.build_data: `scenes` images
+The data spec `scenes` (or `scenes:N` for N training images; `,background=plain` for one grey level per image
+in place of the textured backgrounds) in vitlab.data.build_data: `scenes` images
 (vitlab.data.scenes, textured backgrounds, colour jitter, small/large objects) with exactly one object each, so an
 image has one class (its shape) and one ground-truth object mask: what DINO's emergent segmentation is measured
 against. Each ImageSet carries `masks` (N, S, S) bool beside its images.
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 from ..errors import VitlabError
 from .imageset import DataBundle, ImageSet
-from .scenes import build_scenes
+from .scenes import BACKGROUNDS, build_scenes
 from .shapes import SHAPE_CLASSES
 
 DEFAULT_TRAIN, DEFAULT_VAL = 2000, 500
 
 
 def build_object_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = DEFAULT_TRAIN,
-                        n_val: int | None = None) -> DataBundle:
-    """Train and val single-object scenes (val: n_val, default n_train // 4, at least 1)."""
+                        n_val: int | None = None, background: str = "textured") -> DataBundle:
+    """Train and val single-object scenes (val: n_val, default n_train // 4, at least 1) on `background`
+    ("textured" or "plain", vitlab.data.scenes.BACKGROUNDS)."""
     n_val = max(1, n_train // 4) if n_val is None else n_val
-    train, val = build_scenes(image_size, seed=seed, n_train=n_train, n_val=n_val, max_objects=1)
+    train, val = build_scenes(image_size, seed=seed, n_train=n_train, n_val=n_val, max_objects=1,
+                              background=background)
     sets = []
     for scenes in (train, val):
         labels = [objects[0].label for objects in scenes.objects]
@@ -33,11 +36,20 @@ def build_object_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = D
                       source_size=f"{image_size}x{image_size}")
 
 
-def parse_scenes_spec(spec: str) -> int:
-    """`scenes` -> DEFAULT_TRAIN; `scenes:N` -> N training images."""
-    if spec == "scenes":
-        return DEFAULT_TRAIN
-    count = spec.split(":", 1)[1]
-    if not count.isdigit() or int(count) < 1:
-        raise VitlabError(f"data spec {spec!r}: expected scenes:N with N a positive number of training images")
-    return int(count)
+def parse_scenes_spec(spec: str) -> tuple[int, str]:
+    """`scenes[:N][,background=B]` -> (N training images, default DEFAULT_TRAIN; background, default textured)."""
+    usage = (f"data spec {spec!r}: expected scenes, scenes:N or scenes:N,background=textured|plain (N a positive "
+             "number of training images)")
+    head, *options = spec.split(",")
+    n_train, background = DEFAULT_TRAIN, "textured"
+    if head != "scenes":
+        count = head.removeprefix("scenes:")
+        if not head.startswith("scenes:") or not count.isdigit() or int(count) < 1:
+            raise VitlabError(usage)
+        n_train = int(count)
+    for option in options:
+        key, _, value = option.partition("=")
+        if key != "background" or value not in BACKGROUNDS or len(options) > 1:
+            raise VitlabError(usage)
+        background = value
+    return n_train, background

@@ -90,17 +90,22 @@ class Scenes:
 
 
 def build_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = 2000, n_val: int = 500,
-                 max_objects: int = 3, train_objects: tuple[int, int] | None = None) -> tuple[Scenes, Scenes]:
+                 max_objects: int = 3, train_objects: tuple[int, int] | None = None,
+                 background: str = "textured") -> tuple[Scenes, Scenes]:
     """Train and val scenes, each from its own stream of seed. Objects per image: uniform in 1..max_objects, or
-    in train_objects = (least, most) for the training split alone (val keeps 1..max_objects)."""
+    in train_objects = (least, most) for the training split alone (val keeps 1..max_objects). background:
+    "textured" (textured_background) or "plain" (plain_background: one grey level per image)."""
     _check_args(image_size, n_train, n_val, max_objects)
+    if background not in BACKGROUNDS:
+        raise VitlabError(f"scenes background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     least, most = train_objects or (1, max_objects)
     _check_args(image_size, n_train, n_val, most)
     if isinstance(least, bool) or not isinstance(least, int) or not 1 <= least <= most:
         raise VitlabError(f"scenes training object counts must be integers 1 <= least <= most, got {train_objects}")
     train = generate_scenes(n_train, image_size, np.random.default_rng([seed % 2**64, _TRAIN_STREAM]), most,
-                            min_objects=least)
-    val = generate_scenes(n_val, image_size, np.random.default_rng([seed % 2**64, _VAL_STREAM]), max_objects)
+                            min_objects=least, background=background)
+    val = generate_scenes(n_val, image_size, np.random.default_rng([seed % 2**64, _VAL_STREAM]), max_objects,
+                          background=background)
     return train, val
 
 
@@ -129,21 +134,23 @@ def scenes_detection_set(scenes: Scenes) -> DetectionSet:
 
 
 def generate_scenes(n: int, image_size: int, rng: np.random.Generator, max_objects: int = 3,
-                    min_objects: int = 1) -> Scenes:
+                    min_objects: int = 1, background: str = "textured") -> Scenes:
     """n scenes of size image_size drawn from rng, one image after another (so a prefix does not depend on n);
-    min_objects..max_objects objects each (uniform; an object with no free place is left out)."""
+    min_objects..max_objects objects each (uniform; an object with no free place is left out); background is a
+    key of BACKGROUNDS."""
     S = image_size
+    draw_background = BACKGROUNDS[background]
     images = torch.empty(n, 3, S, S, dtype=torch.uint8)
     semantic = torch.zeros(n, S, S, dtype=torch.uint8)
     all_objects, all_boxes, all_masks, captions = [], [], [], []
     for i in range(n):
         objects = sample_objects(rng, S, int(rng.integers(min_objects, max_objects + 1)))
-        background = textured_background(rng, S)  # (S, S, 3) float32
-        image, visible = render_objects(background, objects)
+        field = draw_background(rng, S)  # (S, S, 3) float32
+        image, visible = render_objects(field, objects)
         keep = visible.any(axis=(1, 2))  # an object too small to cover half a pixel anywhere is left out
         if not keep.all():
             objects = [o for o, k in zip(objects, keep) if k]
-            image, visible = render_objects(background, objects)
+            image, visible = render_objects(field, objects)
         image += rng.standard_normal(image.shape, dtype=np.float32) * 6.0  # fine grain over objects too
         images[i] = torch.from_numpy(np.clip(np.round(image), 0, 255).astype(np.uint8)).permute(2, 0, 1)
         masks = torch.from_numpy(visible)  # (n_obj, S, S) bool
@@ -191,6 +198,16 @@ def textured_background(rng: np.random.Generator, image_size: int) -> np.ndarray
         yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
         field += 10 * np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period + phase)
     return np.ascontiguousarray(field.transpose(1, 2, 0), dtype=np.float32)
+
+
+def plain_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """(S, S, 3) float32: one grey level per image (textured_background's range, 25-125), nothing else; the fine
+    grain is added over the whole image afterwards as for textured scenes. With no texture, no per-image
+    pattern survives cropping: what two crops of one image share is the object (and the grey level)."""
+    return np.full((image_size, image_size, 3), rng.uniform(25, 125), dtype=np.float32)
+
+
+BACKGROUNDS = {"textured": textured_background, "plain": plain_background}
 
 
 def render_objects(background: np.ndarray, objects: Sequence[ObjectSpec]) -> tuple[np.ndarray, np.ndarray]:

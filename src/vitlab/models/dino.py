@@ -46,6 +46,8 @@ class DINOConfig:
     warmup_teacher_temp: float = 0.04        # tau_t at the start
     warmup_teacher_temp_fraction: float = 0.3   # share of the epochs tau_t warms up over (30 of 100 in the paper)
     momentum_teacher: float = 0.996          # m at step 0; cosine to 1 at the last step
+    weight_decay_end: float = 0.4            # the student's weight decay: cosine from --weight-decay to this (the
+                                             # paper's 0.04 -> 0.4); set it to --weight-decay for a constant decay
     center_momentum: float = 0.9             # center EMA
     freeze_last_layer_epochs: int = 1        # epochs the prototypes stay frozen
     global_crops_scale: tuple[float, float] = (0.4, 1.0)    # area fraction of a global crop (the paper's)
@@ -59,6 +61,41 @@ class DINOConfig:
     num_classes: int = 0                     # labels of the data it was trained on (informative; no classifier)
     mean: tuple[float, ...] | None = None    # input normalisation; None: the backbone's
     std: tuple[float, ...] | None = None
+
+
+def check_colour_jitter(hue: float, grayscale_p: float) -> None:
+    """Refuse a hue range outside [0, 0.5] or a grayscale probability outside [0, 1] (one-line VitlabErrors)."""
+    if not 0.0 <= hue <= 0.5:
+        raise VitlabError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue}")
+    if not 0.0 <= grayscale_p <= 1.0:
+        raise VitlabError(f"grayscale_p must be a probability in [0, 1], got {grayscale_p}")
+
+
+def check_config(cfg: DINOConfig) -> None:
+    """Every DINOConfig field that a value can make meaningless, refused when the model is built (before any
+    training or writing) with one line naming the field."""
+    def need(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            raise VitlabError(f"DINO {field} must be {rule}, got {getattr(cfg, field)!r}")
+
+    for field in ("img_size", "local_size", "out_dim", "hidden_dim", "bottleneck_dim"):
+        value = getattr(cfg, field)
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field, "a positive integer")
+    for field in ("num_local_crops", "freeze_last_layer_epochs"):
+        value = getattr(cfg, field)
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field, "an integer >= 0")
+    for field in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        need(getattr(cfg, field) > 0, field, "> 0")
+    need(0.0 <= cfg.momentum_teacher <= 1.0, "momentum_teacher", "in [0, 1]")
+    need(0.0 <= cfg.center_momentum < 1.0, "center_momentum", "in [0, 1)")
+    need(0.0 <= cfg.warmup_teacher_temp_fraction <= 1.0, "warmup_teacher_temp_fraction", "in [0, 1]")
+    need(cfg.weight_decay_end >= 0.0, "weight_decay_end", ">= 0")
+    need(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "in [0, 1)")
+    for field in ("global_crops_scale", "local_crops_scale"):
+        scale = getattr(cfg, field)
+        need(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0, field,
+             "two area fractions 0 < low <= high <= 1")
+    check_colour_jitter(cfg.hue_jitter, cfg.grayscale_p)
 
 
 class WeightNormLinear(nn.Module):
@@ -148,6 +185,7 @@ class DINO(nn.Module):
         super().__init__()
         cfg = DINOConfig(**{**asdict(cfg or DINOConfig()), **kwargs})
         cfg.global_crops_scale, cfg.local_crops_scale = tuple(cfg.global_crops_scale), tuple(cfg.local_crops_scale)
+        check_config(cfg)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         init = {"weight_init": cfg.backbone_weight_init} if cfg.backbone_weight_init else {}
@@ -236,9 +274,19 @@ class DINO(nn.Module):
 
 
 # --- the schedules -------------------------------------------------------------------------------------------------
+def cosine_schedule(step: int, total_steps: int, base: float, final: float) -> float:
+    """The official cosine_scheduler without warm-up: base at step 0, final at total_steps (and after)."""
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
 def teacher_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
     """Cosine schedule of the teacher's EMA momentum: base at step 0, final at total_steps."""
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return cosine_schedule(step, total_steps, base, final)
+
+
+def weight_decay(step: int, total_steps: int, base: float = 0.04, final: float = 0.4) -> float:
+    """Cosine schedule of the student's weight decay (the paper's 0.04 -> 0.4): base at step 0, final at the end."""
+    return cosine_schedule(step, total_steps, base, final)
 
 
 def teacher_temperature(epoch: int, epochs: int, start: float = 0.04, end: float = 0.07,

@@ -46,10 +46,9 @@ class MultiCropAugment(nn.Module):
                  local_scale: tuple[float, float], mean: tuple[float, ...], std: tuple[float, ...],
                  hue: float = 0.1, grayscale_p: float = 0.2) -> None:
         super().__init__()
-        if not 0.0 <= hue <= 0.5:
-            raise VitlabError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue}")
-        if not 0.0 <= grayscale_p <= 1.0:
-            raise VitlabError(f"grayscale_p must be a probability in [0, 1], got {grayscale_p}")
+        from ..models.dino import check_colour_jitter
+
+        check_colour_jitter(hue, grayscale_p)
         self.num_local = num_local
         sigma = (0.1, 2.0 * img_size / 224)                        # the paper's 0.1-2 px at 224 px
 
@@ -79,15 +78,30 @@ class DINOObjective:
     """(DINO model, global crops, {"local"}) -> (loss, {}); after each optimizer step (`bind`) the teacher EMA.
 
     Reads the training clock from the model's `step` buffer, so a resumed run continues the schedules exactly:
-    teacher temperature per epoch, last layer frozen in the first epoch(s), momentum per step."""
+    teacher temperature per epoch, last layer frozen in the first epoch(s), momentum and weight decay per step.
+    The weight decay of the optimizer's decayed groups (those bound with a decay > 0; norms, biases and tokens stay
+    at 0) follows a cosine from `weight_decay` (--weight-decay) to the model's cfg.weight_decay_end, set before
+    each step from the step count alone."""
 
-    def __init__(self, model: nn.Module, epochs: int) -> None:
-        self.model, self.epochs = model, epochs
+    def __init__(self, model: nn.Module, epochs: int, weight_decay: float = 0.04) -> None:
+        self.model, self.epochs, self.weight_decay = model, epochs, weight_decay
         self.steps_per_epoch: int | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.decayed_groups: list[int] = []
 
     def bind(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
+        self.optimizer = optimizer               # groups by index: a resume's load_state_dict replaces the dicts
+        self.decayed_groups = [i for i, g in enumerate(optimizer.param_groups) if g["weight_decay"] > 0]
+        optimizer.register_step_pre_hook(lambda _opt, _args, _kwargs: self.before_step())
         optimizer.register_step_post_hook(lambda _opt, _args, _kwargs: self.after_step())
+
+    def before_step(self) -> None:
+        from ..models.dino import weight_decay
+
+        wd = weight_decay(int(self.model.step), self.total_steps, self.weight_decay, self.model.cfg.weight_decay_end)
+        for i in self.decayed_groups:
+            self.optimizer.param_groups[i]["weight_decay"] = wd
 
     @property
     def total_steps(self) -> int:
@@ -144,7 +158,7 @@ class SelfSupervisedTask(LabelledImageBatches, Task):
                                 grayscale_p=c.grayscale_p)
 
     def objective(self, cfg: Any, model: nn.Module, device: torch.device) -> Any:
-        return DINOObjective(model, cfg.epochs)
+        return DINOObjective(model, cfg.epochs, cfg.weight_decay)
 
     def bind_optimizer(self, objective: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
         objective.bind(optimizer, steps_per_epoch)
