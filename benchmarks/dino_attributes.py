@@ -1,12 +1,14 @@
 """What a DINO run's features encode on single-object `scenes`: weighted k-NN top-1 (k 20, T 0.07, as `vitlab eval
---protocol knn`) of the frozen [CLS] features on four labels of the same images: the shape (what the study
-scores), the colour (8 palette names), the size (small/large) and the position (the image quadrant of the object's
-centre). A run that learned nothing sits at each label's untrained level; one that learned a nuisance attribute
-rises on it and not on the shape.
+--protocol knn`) of the frozen [CLS] features on five labels of the same images: the shape (what the study
+scores), the colour (8 palette names), the size (small/large), the position (the image quadrant of the object's
+centre) and the background's brightness (four bins of its mean grey level; chance 25%). A run that learned
+nothing sits at each label's untrained level; one that learned a nuisance attribute rises on it and not on the
+shape.
 
     python benchmarks/dino_attributes.py RUN [RUN ...] [--train-images 8000] [--untrained vit_micro_patch8_64]
+                                         [--background textured|plain]
 
-Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N` as `vitlab train` builds it (seed 0,
+Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain]` as `vitlab train` builds it (seed 0,
 N train / N // 4 val, 64 px); the memory bank is the train split, the queries the val split.
 """
 from __future__ import annotations
@@ -25,14 +27,26 @@ from vitlab.data.shapes import SHAPE_CLASSES
 from vitlab.eval_protocols import extract_features, knn_top1
 
 
+BRIGHTNESS_EDGES = (50.0, 75.0, 100.0)   # background grey levels are uniform in 25-125: four equal bins
+
+
+def background_brightness(scenes: Any) -> torch.Tensor:
+    """(N,) mean grey level of each image's background pixels (semantic mask 0)."""
+    grey = scenes.images.float().mean(dim=1)                                      # (N, S, S)
+    bg = (scenes.semantic_masks == 0).float()
+    return (grey * bg).sum(dim=(1, 2)) / bg.sum(dim=(1, 2)).clamp_min(1)
+
+
 def attribute_labels(scenes: Any) -> dict[str, torch.Tensor]:
-    """{attribute: (N,) int64} of one-object scenes: shape, colour, size and centre quadrant."""
+    """{attribute: (N,) int64} of one-object scenes: shape, colour, size, centre quadrant and background
+    brightness (four bins of the background's mean grey level)."""
     colours, sizes, half = list(PALETTE), list(SIZE_CLASSES), scenes.image_size / 2
     objs = [o[0] for o in scenes.objects]
     return {"shape": torch.tensor([o.label for o in objs]),
             "colour": torch.tensor([colours.index(o.colour) for o in objs]),
             "size": torch.tensor([sizes.index(o.size) for o in objs]),
-            "quadrant": torch.tensor([int(o.cx >= half) + 2 * int(o.cy >= half) for o in objs])}
+            "quadrant": torch.tensor([int(o.cx >= half) + 2 * int(o.cy >= half) for o in objs]),
+            "brightness": torch.bucketize(background_brightness(scenes), torch.tensor(BRIGHTNESS_EDGES))}
 
 
 def measure(model: torch.nn.Module, train: Any, val: Any) -> dict[str, float]:
@@ -48,10 +62,12 @@ def main() -> None:
     p.add_argument("runs", nargs="*", help="run directories (DINO or supervised checkpoints)")
     p.add_argument("--train-images", type=int, default=8000)
     p.add_argument("--untrained", action="append", default=[], help="registered model to score at init")
+    p.add_argument("--background", default="textured", choices=["textured", "plain"],
+                   help="the scenes' background (data spec scenes:N,background=plain)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     train, val = build_scenes(64, seed=0, n_train=args.train_images, n_val=max(1, args.train_images // 4),
-                              max_objects=1)
+                              max_objects=1, background=args.background)
     rows = []
     for run in args.runs:
         rows.append({"model": run, **measure(load_model(run).eval(), train, val)})

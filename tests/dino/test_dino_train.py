@@ -89,11 +89,25 @@ def test_cli_protocols_on_a_supervised_checkpoint_and_refusals(tmp_path, capsys)
         evaluate_protocol(str(tmp_path / "sup"), "scenes:8", "svm")
 
 
-def test_study_quick_mode(tmp_path):
-    assert main(["study", "dino", "--quick", "--seeds", "1", "--out", str(tmp_path / "s")]) == 0
+def test_study_quick_mode(tmp_path, capsys):
+    assert main(["study", "dino", "--quick", "--seeds", "1", "--out", str(tmp_path / "s"), "--model-arg",
+                 "teacher_temp=0.02", "--background", "plain"]) == 0
     r = json.loads((tmp_path / "s" / "dino.json").read_text())
-    assert r["claim"]["verdict"].startswith("none") and set(r["table"]) == {"dino", "supervised"}
+    assert r["claim"]["verdict"].startswith("none") and set(r["table"]) == {"dino", "supervised", "untrained"}
+    assert r["dino_model_args"] == {"teacher_temp": 0.02} and r["data"] == "scenes:32,background=plain"
+    assert r["command"].endswith("--model-arg teacher_temp=0.02 --background plain")
+    saved = json.loads((tmp_path / "s" / "dino-seed0" / "config.json").read_text())["train"]
+    assert saved["model_args"] == {"teacher_temp": 0.02} and saved["data"] == "scenes:32,background=plain"
+    assert r["dino_above_untrained"]["verdict"].startswith("none")
     row = r["per_seed"][0]
+    # the untrained row is the backbone at its seeded init: the same numbers again from a fresh build
+    from vitlab.studies.dino import measure
+    again = measure(str(tmp_path / "s" / "dino-seed0"), str(tmp_path / "s" / "supervised-seed0"), r["data"], 32, 0,
+                    untrained=(r["supervised_model"], {}))
+    assert again["untrained"]["knn_top1"] == row["untrained"]["knn_top1"]
+    assert again["dino"]["knn_top1"] == row["dino"]["knn_top1"]
+    assert main(["study", "dino", "--quick", "--out", str(tmp_path / "t"), "--model-arg", "teacher_temp"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--model-arg expects KEY=VALUE, got 'teacher_temp'")
     assert 0 <= row["dino"]["jaccard_best_head"] <= 1 and len(row["supervised"]["jaccard_per_head"]) == 4
     assert (tmp_path / "s" / "dino.png").exists() and (tmp_path / "s" / "dino_attention.png").exists()
 

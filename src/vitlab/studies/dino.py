@@ -5,8 +5,11 @@ Per seed (both models on the same generated data): weighted k-NN top-1 of the fr
 train split = memory bank, val split = queries) and the Jaccard similarity between each model's 60%-mass mask of
 the last-layer [CLS] attention (per head; the best head, chosen on the val set, and the mean over heads) and the
 ground-truth object masks. The paper's sign: DINO's masks are closer to the objects than the supervised model's.
+The same backbone at its initialisation (seeded like the run, no training) is scored beside them, so a k-NN ratio
+or a Jaccard can be read against what the architecture gives with no learning at all.
 
     vitlab study dino --seeds 2                   # the full settings (CPU: see README for the time)
+    vitlab study dino --model-arg teacher_temp=0.02 --model-arg warmup_teacher_temp=0.02 --background plain
     vitlab study dino --quick                     # a seconds-long smoke test, no verdict
 """
 from __future__ import annotations
@@ -38,7 +41,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float_arg(above=0), default=1e-3, help="peak learning rate of both models")
     p.add_argument("--seeds", type=int_arg(at_least=1), default=2)
     p.add_argument("--seed", type=int_arg(at_least=0), default=0, help="first seed")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="DINO model argument (repeatable, as in vitlab train), e.g. teacher_temp=0.02; "
+                        "backbone_weight_init also reaches the supervised model")
+    p.add_argument("--background", choices=("textured", "plain"), default="textured",
+                   help="the scenes' background (data spec scenes:N,background=plain); default textured")
     p.add_argument("--quick", action="store_true", help="32 px, a few images, one epoch: a smoke test, no verdict")
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """["key=value", ...] -> {key: value} with `vitlab train`'s value parsing; a bad item is a one-line error."""
+    from ..cli.train import _parse_value
+    from ..errors import VitlabError
+
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise VitlabError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        parsed[key] = _parse_value(value)
+    return parsed
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,21 +70,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dino_name = "dino_vit_micro_patch4_32" if args.quick else args.model
+    dino_args = parse_model_args(args.model_arg)
     cfg = default_config(dino_name)
     if "backbone" not in cfg:
         raise_not_dino(dino_name)
+    cfg.update(dino_args)
     supervised_name, size = cfg["backbone"], cfg["img_size"]
     # the supervised model starts from the same init as DINO's backbone (a fair comparison of what each learns)
     supervised_args = {"weight_init": cfg["backbone_weight_init"]} if cfg.get("backbone_weight_init") else {}
     n_train = 32 if args.quick else args.train_images
     epochs, batch = (1, 16) if args.quick else (args.epochs, args.batch_size)
-    data = f"scenes:{n_train}"
+    data = f"scenes:{n_train}" + (",background=plain" if args.background == "plain" else "")
     seeds = [args.seed + i for i in range(args.seeds)]
     per_seed = []
     for seed in seeds:
         common = dict(data=data, epochs=epochs, batch_size=batch, lr=args.lr, seed=seed, img_size=size,
                       warmup_epochs=min(1.0, epochs / 5))
-        dino_cfg = TrainConfig(model=dino_name, out=str(out / f"dino-seed{seed}"), **common)
+        dino_cfg = TrainConfig(model=dino_name, out=str(out / f"dino-seed{seed}"), model_args=dino_args, **common)
         sup_cfg = TrainConfig(model=supervised_name, out=str(out / f"supervised-seed{seed}"),
                               model_args=supervised_args, **common)
         log.info("%s: seed %d: DINO (%s), then supervised (%s), %d epochs each", NAME, seed, dino_name,
@@ -72,7 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row = {"seed": seed, "collapsed": dino_metrics["collapsed"],
                "teacher_entropy": dino_metrics["teacher_entropy"], "supervised_val_top1": sup_metrics["val_top1"],
                "dino_train_s": dino_metrics["wall_time_s"], "supervised_train_s": sup_metrics["wall_time_s"]}
-        row.update(measure(dino_cfg.out, sup_cfg.out, data, size, seed))
+        row.update(measure(dino_cfg.out, sup_cfg.out, data, size, seed, untrained=(supervised_name,
+                                                                                   supervised_args)))
         per_seed.append(row)
         log.info("%s: seed %d: k-NN DINO %.1f%% vs supervised %.1f%%; Jaccard DINO %.3f vs supervised %.3f",
                  NAME, seed, row["dino"]["knn_top1"], row["supervised"]["knn_top1"],
@@ -83,6 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dino_attention.png": lambda path: attention_figure(out / f"dino-seed{seeds[0]}",
                                                             out / f"supervised-seed{seeds[0]}", data, size, seeds[0],
                                                             path)})
+    log.info("%s: k-NN DINO %s, supervised %s, untrained backbone %s", NAME, results["table"]["dino"]["knn_top1"],
+             results["table"]["supervised"]["knn_top1"], results["table"]["untrained"]["knn_top1"])
     log.info("%s: Jaccard DINO - supervised %+.3f (se %s): %s; k-NN ratio %.2f (target >= %.1f)", NAME,
              results["claim"]["difference"],
              "n/a" if results["claim"]["standard_error"] is None else f"{results['claim']['standard_error']:.3f}",
@@ -96,17 +123,28 @@ def raise_not_dino(name: str) -> None:
     raise VitlabError(f"--model {name}: not a DINO model (expected one of vitlab models 'dino_*')")
 
 
-def measure(dino_dir: str, sup_dir: str, data: str, size: int, seed: int) -> dict[str, Any]:
-    """k-NN top-1 and attention-mask Jaccard of both trained models on the seed's data."""
+def measure(dino_dir: str, sup_dir: str, data: str, size: int, seed: int,
+            untrained: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """k-NN top-1 and attention-mask Jaccard of both trained models on the seed's data, and of `untrained` =
+    (registered backbone, its arguments) at its initialisation under torch.manual_seed(seed)."""
+    import torch
+
     from ..checkpoint import load_model
     from ..data import build_data
     from ..eval_protocols import extract_features, knn_top1
     from ..explain.cls_attention import attention_jaccard
+    from ..registry import create_model
 
     bundle = build_data(data, size, seed=seed)
     result = {}
-    for label, run_dir in (("dino", dino_dir), ("supervised", sup_dir)):
-        model = load_model(run_dir)
+    models = [("dino", lambda: load_model(dino_dir)), ("supervised", lambda: load_model(sup_dir))]
+    if untrained is not None:
+        def at_init() -> torch.nn.Module:
+            torch.manual_seed(seed)
+            return create_model(untrained[0], num_classes=len(bundle.classes), **untrained[1])
+        models.append(("untrained", at_init))
+    for label, build in models:
+        model = build()
         bank, val = extract_features(model, bundle.train), extract_features(model, bundle.val)
         knn = knn_top1(bank, bundle.train.labels, val, bundle.val.labels, len(bundle.classes))
         result[label] = {"knn_top1": knn, **attention_jaccard(model, bundle.val.images, bundle.val.masks)}
@@ -119,7 +157,7 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_nam
         return [r[model][key] for r in per_seed]
 
     table = {}
-    for model in ("dino", "supervised"):
+    for model in ("dino", "supervised", "untrained"):
         table[model] = {key: format_mean_std(values(model, key), 3 if "jaccard" in key else 2)
                         for key in ("knn_top1", "jaccard_best_head", "jaccard_mean_head")}
         table[model].update({f"{key}_mean": mean_std(values(model, key))[0]
@@ -130,11 +168,19 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_nam
                               paired=True, quick=args.quick)
     sup_knn = table["supervised"]["knn_top1_mean"]
     ratio = table["dino"]["knn_top1_mean"] / sup_knn if sup_knn > 0 else float("nan")
-    command = ("vitlab study dino --quick" + (f" --seeds {len(per_seed)}" if len(per_seed) != 2 else "")
+    extra = "".join(f" --model-arg {item}" for item in args.model_arg)
+    extra += " --background plain" if args.background == "plain" else ""
+    command = ("vitlab study dino --quick" + (f" --seeds {len(per_seed)}" if len(per_seed) != 2 else "") + extra
                if args.quick else
                f"vitlab study dino --model {dino_name} --train-images {args.train_images} --epochs {epochs} "
-               f"--batch-size {batch} --lr {args.lr:g} --seeds {len(per_seed)}")
+               f"--batch-size {batch} --lr {args.lr:g} --seeds {len(per_seed)}" + extra)
+    untrained_knn = table["untrained"]["knn_top1_mean"]
     return {"command": command, "quick": args.quick, "data": data, "dino_model": dino_name,
+            "dino_model_args": parse_model_args(args.model_arg),
+            # the architecture's k-NN with no training: a DINO ratio is only learning where DINO beats it
+            "knn_ratio_untrained": untrained_knn / sup_knn if sup_knn > 0 else float("nan"),
+            "dino_above_untrained": compare(values("dino", "knn_top1"), values("untrained", "knn_top1"),
+                                            paired=True, quick=args.quick),
             "supervised_model": supervised_name, "epochs": epochs, "seeds": [r["seed"] for r in per_seed],
             "claim": {"statement": "Jaccard(60%-mass [CLS] attention mask, object mask): DINO > supervised "
                                    "(Caron et al. 2021, Table 8), best head", **claim},
@@ -154,12 +200,13 @@ def plot(per_seed: list[dict[str, Any]], path: Path, quick: bool) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, key, label in ((axes[0], "knn_top1", "k-NN top-1 (%)"),
                            (axes[1], "jaccard_best_head", "Jaccard of 60%-mass mask (best head)")):
-        for i, model in enumerate(("dino", "supervised")):
+        models = [m for m in ("dino", "supervised", "untrained") if m in per_seed[0]]
+        for i, model in enumerate(models):
             vals = [r[model][key] for r in per_seed]
             mean, std = mean_std(vals)
-            ax.bar(i, mean, yerr=std or 0.0, capsize=4, color=("tab:orange", "tab:blue")[i], alpha=0.8)
+            ax.bar(i, mean, yerr=std or 0.0, capsize=4, color=("tab:orange", "tab:blue", "tab:gray")[i], alpha=0.8)
             ax.scatter([i] * len(vals), vals, color="black", s=10, zorder=3)
-        ax.set_xticks([0, 1], ["DINO", "supervised"])
+        ax.set_xticks(range(len(models)), ["DINO", "supervised", "untrained"][:len(models)])
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("DINO vs supervised ViT on single-object scenes" + (" (quick: smoke test)" if quick else ""),
