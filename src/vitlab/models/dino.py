@@ -325,29 +325,35 @@ def _dino(backbone: str, img_size: int, kw: dict[str, Any], **defaults: Any) -> 
     return DINO(DINOConfig(**{"backbone": backbone, "img_size": img_size, **defaults, **kw}))
 
 
-# Small-image variants for the 64-px `scenes` (and 32-px) data: micro ViT, K = 1024 prototypes, a 512-wide head.
+# Small-image variants for the 64-px `scenes` (and 32-px) data: K = 1024 prototypes, a narrower head, and the two
+# settings that stopped the collapse on a CPU budget (README, DINO rounds 2-4): a constant teacher temperature of
+# 0.02 (the paper's 0.04 -> 0.07 collapsed to the uniform output within the first epochs of every 300-1000-step
+# run) and the original ViT's xavier init of the backbone. The released variants below keep the paper's recipe.
+SMALL_DATA = dict(teacher_temp=0.02, warmup_teacher_temp=0.02, backbone_weight_init="jax")
+
+
 @register_model(task="self_supervised")
 def dino_vit_micro_patch8_64(**kw: Any) -> DINO:
     """DINO on ViT-Micro/8 at 64x64 (8x8 patches; local crops 32 px)."""
-    return _dino("vit_micro_patch8_64", 64, kw, hidden_dim=512)
+    return _dino("vit_micro_patch8_64", 64, kw, hidden_dim=512, **SMALL_DATA)
 
 
 @register_model(task="self_supervised")
 def dino_vit_micro_patch4_64(**kw: Any) -> DINO:
     """DINO on ViT-Micro/4 at 64x64 (16x16 patches: finer attention maps, ~4x the compute of /8)."""
-    return _dino("vit_micro_patch4_32", 64, kw, hidden_dim=512, local_size=28)
+    return _dino("vit_micro_patch4_32", 64, kw, hidden_dim=512, local_size=28, **SMALL_DATA)
 
 
 @register_model(task="self_supervised")
 def dino_vit_micro_patch4_32(**kw: Any) -> DINO:
     """DINO on ViT-Micro/4 at 32x32 (local crops 16 px)."""
-    return _dino("vit_micro_patch4_32", 32, kw, hidden_dim=512, local_size=16)
+    return _dino("vit_micro_patch4_32", 32, kw, hidden_dim=512, local_size=16, **SMALL_DATA)
 
 
 @register_model(task="self_supervised")
 def dino_vit_tiny_patch8_64(**kw: Any) -> DINO:
     """DINO on ViT-Tiny/8 at 64x64."""
-    return _dino("vit_tiny_patch8_64", 64, kw, hidden_dim=1024)
+    return _dino("vit_tiny_patch8_64", 64, kw, hidden_dim=1024, **SMALL_DATA)
 
 
 # The released DINO models (facebookresearch/dino): K = 65536, head 2048 / 256, local crops 96 px.
