@@ -198,3 +198,21 @@ def test_backbone_weight_init_jax_reaches_both_backbones_and_leaves_the_papers_h
     assert plain.student.backbone.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
     with pytest.raises(VitlabError, match="weight_init must be"):
         vitlab.create_model("dino_vit_micro_patch4_32", backbone_weight_init="xavier")
+
+
+def test_hybrid_backbone_tokens_go_through_its_cnn_at_any_crop_size():
+    """A hybrid ViT as DINO's backbone: its tokens are the CNN's map through the 1x1 projection, at the global
+    size (equal to the hybrid's own forward_features) and at the local crop size (8x8 -> 4x4 tokens at stride 8)."""
+    from vitlab.models.dino import backbone_tokens
+
+    torch.manual_seed(0)
+    model = vitlab.create_model("dino_vit_micro_r6_s8_64", out_dim=16, hidden_dim=32, bottleneck_dim=8).eval()
+    b = model.backbone
+    g, local = torch.randn(2, 3, 64, 64), torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(backbone_tokens(b, g), b.forward_features(g))
+    t = backbone_tokens(b, local)
+    assert t.shape == (3, 1 + 16, 64)
+    cnn = b.patch_embed.proj(b.patch_embed.backbone.forward_features(local))       # (3, 64, 4, 4)
+    assert cnn.shape == (3, 64, 4, 4)
+    out = model(g, local)
+    assert out["student"].shape == (5, 16) and out["teacher"].shape == (2, 16)

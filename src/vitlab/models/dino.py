@@ -158,12 +158,16 @@ class MultiCropNet(nn.Module):
 
 
 def backbone_tokens(backbone: nn.Module, x: Tensor) -> Tensor:
-    """A vitlab ViT/DeiT on an input of any size its patches divide: (B, 3, H, W) -> (B, prefix + N, dim)."""
+    """A vitlab ViT/DeiT (or hybrid ViT, the CNN's stride as its patch) on an input of any size its patches
+    divide: (B, 3, H, W) -> (B, prefix + N, dim)."""
     B, _, H, W = x.shape                                             # batch, channels, height, width
     p = backbone.patch_embed.patch_size
     if H % p[0] or W % p[1]:
         raise VitlabError(f"crop {H}x{W} is not divisible by the patch size {p[0]}")
-    t = backbone.patch_embed.proj(x).flatten(2).transpose(1, 2)      # (B, N, dim)
+    embed = backbone.patch_embed
+    if hasattr(embed, "backbone"):                                   # hybrid ViT: its CNN's map is the image
+        x = embed.backbone.forward_features(x)                       # (B, C, H/p, W/p)
+    t = embed.proj(x).flatten(2).transpose(1, 2)                     # (B, N, dim)
     t = torch.cat(backbone.prefix_tokens(B) + [t], dim=1)            # (B, prefix + N, dim)
     if backbone.pos_embed is not None:
         pe = resample_pos_embed(backbone.pos_embed, (H // p[0], W // p[1]), tuple(backbone.grid_size),
@@ -348,6 +352,12 @@ def dino_vit_micro_patch4_64(**kw: Any) -> DINO:
 def dino_vit_micro_patch4_32(**kw: Any) -> DINO:
     """DINO on ViT-Micro/4 at 32x32 (local crops 16 px)."""
     return _dino("vit_micro_patch4_32", 32, kw, hidden_dim=512, local_size=16, **SMALL_DATA)
+
+
+@register_model(task="self_supervised")
+def dino_vit_micro_r6_s8_64(**kw: Any) -> DINO:
+    """DINO on the hybrid ViT-micro over a 5-conv ResNet stem (stride 8: 8x8 tokens at 64x64; local crops 32 px)."""
+    return _dino("vit_micro_r6_s8_64", 64, kw, hidden_dim=512, **SMALL_DATA)
 
 
 @register_model(task="self_supervised")

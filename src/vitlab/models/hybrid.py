@@ -95,6 +95,9 @@ R50_S16 = dict(kind="bit", layers=(3, 4, 9), widths=(256, 512, 1024))
 R50_S32 = dict(kind="bit", layers=(3, 4, 6, 3), widths=(256, 512, 1024, 2048))
 # CIFAR-style batch-norm ResNet stem (3x3/1, no pool), three basic stages of stride 1, 2, 2 -> 8x8 tokens at 32 px.
 R8_S4 = dict(kind="resnet", block="basic", layers=(1, 1, 1), widths=(32, 64, 128), stem="small", stem_width=32)
+# ImageNet stem (7x7/2 conv + 3x3/2 max-pool) and two basic stages of stride 1, 2 -> 8x8 tokens at 64 px: a conv
+# stem about as cheap as the ViT-micro/8 above it (~15M MACs per 64-px image), for DINO on 64-px scenes.
+R6_S8 = dict(kind="resnet", block="basic", layers=(1, 1), widths=(32, 64), stem="imagenet", stem_width=32)
 
 
 @register_model
@@ -137,3 +140,9 @@ def vit_large_r50_s32_224(**kw: Any) -> HybridViT:
 def vit_micro_r8_s4_32(**kw: Any) -> HybridViT:
     """ViT-micro on a 7-conv CIFAR ResNet (stride 4, 8x8 tokens at 32x32)."""
     return _hybrid("micro", 32, R8_S4, kw)
+
+
+@register_model
+def vit_micro_r6_s8_64(**kw: Any) -> HybridViT:
+    """ViT-micro on a 5-conv ResNet (ImageNet stem, two basic stages; stride 8, 8x8 tokens at 64x64)."""
+    return _hybrid("micro", 64, R6_S8, kw)

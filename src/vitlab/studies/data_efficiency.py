@@ -82,14 +82,14 @@ def _fractions_arg(text: str) -> tuple[float, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fractions", type=_fractions_arg, default=(0.1, 0.25, 0.5, 1.0),
-                   help="training-set fractions, comma-separated (default 0.1,0.25,0.5,1)")
+    p.add_argument("--fractions", type=_fractions_arg, default=(0.1, 0.3, 1.0),
+                   help="training-set fractions, comma-separated (default 0.1,0.3,1)")
     p.add_argument("--train-per-class", type=int_arg(at_least=1), default=160,
                    help="shapes training images per class at fraction 1 (default 160)")
     p.add_argument("--val-per-class", type=int_arg(at_least=1), default=30,
                    help="shapes val images per class (default 30)")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=5,
-                   help="epochs of the full-size set: the same number of steps at every fraction (default 5)")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=15,
+                   help="epochs of the full-size set: the same number of steps at every fraction (default 15)")
     common.add_seed_arguments(p)
 
 
