@@ -49,7 +49,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..checks import int_arg
+from ..checks import float_arg, int_arg
 from ..errors import VitlabError
 from . import _common as common
 from .verdict import INCONCLUSIVE, REPRODUCED, compare, mean_std
@@ -90,6 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shapes val images per class (default 30)")
     p.add_argument("--epochs", type=int_arg(at_least=1), default=15,
                    help="epochs of the full-size set: the same number of steps at every fraction (default 15)")
+    p.add_argument("--lr", type=float_arg(above=0), default=1e-3,
+                   help="peak learning rate of every model (default 1e-3; the other studies' recipe has 5e-4)")
     common.add_seed_arguments(p)
 
 
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for label, name in MODELS.items():
                 run_dir = out / f"{_slug(label)}-{f:g}-seed{seed}"
                 metrics = common.train(name, data, run_dir, epochs=args.epochs, seed=seed, img_size=img_size,
-                                       quick=args.quick, warmup_epochs=min(1.0, args.epochs / 5))
+                                       quick=args.quick, warmup_epochs=min(1.0, args.epochs / 5), lr=args.lr)
                 metrics["steps"] = optimiser_steps(run_dir)
                 runs[f][label].append(metrics)
                 log.info("data-efficiency: %s on %g of the images, seed %d: val top-1 %.1f%%", label, f, seed,
@@ -209,7 +211,7 @@ def summarize(runs: dict[float, dict[str, list[dict[str, Any]]]], distinct: dict
             "command": common.command_line(NAME, args, add_arguments), "seeds": seeds, "data": "shapes",
             "img_size": img_size, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class,
             "fractions": fractions, "distinct_images_per_class": {f"{f:g}": distinct[f] for f in fractions},
-            "epochs": args.epochs,
+            "epochs": args.epochs, "lr": args.lr,
             "steps": {label: sorted({m["steps"] for f in fractions for m in runs[f][label]}) for label in MODELS},
             "budget": "equal optimiser steps at every fraction (each subset cycled to the full set's size)",
             "models": MODELS, "params": {label: first[label][0]["params"] for label in MODELS},
