@@ -72,14 +72,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..registry import default_config
     from ..train import TrainConfig, run_training
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..errors import VitlabError
+    from ..registry import create_model
+
     dino_name = "dino_vit_micro_patch4_32" if args.quick else args.model
     dino_args = parse_model_args(args.model_arg)
     cfg = default_config(dino_name)
     if "backbone" not in cfg:
         raise_not_dino(dino_name)
+    try:                                     # a bad --model-arg is refused before anything is written
+        create_model(dino_name, **dino_args)
+    except VitlabError as e:
+        raise VitlabError(f"--model-arg: {e}") from None
     cfg.update(dino_args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     supervised_name, size = cfg["backbone"], cfg["img_size"]
     # the supervised model starts from the same init as DINO's backbone (a fair comparison of what each learns)
     supervised_args = {"weight_init": cfg["backbone_weight_init"]} if cfg.get("backbone_weight_init") else {}
