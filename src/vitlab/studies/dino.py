@@ -69,11 +69,9 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..registry import default_config
-    from ..train import TrainConfig, run_training
-
     from ..errors import VitlabError
-    from ..registry import create_model
+    from ..registry import create_model, default_config
+    from ..train import TrainConfig, run_training
 
     dino_name = "dino_vit_micro_patch4_32" if args.quick else args.model
     dino_args = parse_model_args(args.model_arg)
