@@ -168,3 +168,20 @@ def choice_list_arg(choices: Sequence[str]) -> Callable[[str], list[str]]:
         return next((p for p in (choice_problem(v, choices) for v in values) if p), None)
 
     return _arg_type(parse, problem, "a comma-separated list")
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """--model-arg items ["key=value", ...] -> {key: value}, each value read as JSON where it parses (1e-3, true,
+    [1, 2]) and as text otherwise; an item without "=" is a one-line error."""
+    import json
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise VitlabError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed

@@ -8,7 +8,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from ..checks import text_arg
+from ..checks import parse_model_args, text_arg
 from ..layers.efficient_attention import ATTENTION_TYPES
 from ..train.run import TrainConfig
 
@@ -67,27 +67,12 @@ _RESUME_OPTIONS = {"epochs", "stop_at", "time_limit_s", "device", "workers", "pr
                    "grad_checkpointing", "tensorboard"}
 
 
-def _parse_value(text: str) -> object:
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from ..errors import VitlabError
     from ..train.run import load_run_config, resolve_model_name
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
-    model_args = {}
-    for item in args.model_arg:
-        if "=" not in item:
-            raise VitlabError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        model_args[key] = _parse_value(value)
+    model_args = parse_model_args(args.model_arg)
     if args.attention:
         model_args["attention"] = args.attention
     TrainConfig(**{**given, "out": args.out or "runs/train"}).validate()   # the values given, before anything loads

@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..checks import float_arg, int_arg, text_arg
+from ..checks import float_arg, int_arg, parse_model_args, text_arg
 from ..io import atomic_path
 from ._common import finish
 from .verdict import compare, format_mean_std, mean_std
@@ -52,20 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", choices=("textured", "plain"), default="textured",
                    help="the scenes' background (data spec scenes:N,background=plain); default textured")
     p.add_argument("--quick", action="store_true", help="32 px, a few images, one epoch: a smoke test, no verdict")
-
-
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """["key=value", ...] -> {key: value} with `vitlab train`'s value parsing; a bad item is a one-line error."""
-    from ..cli.train import _parse_value
-    from ..errors import VitlabError
-
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise VitlabError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        parsed[key] = _parse_value(value)
-    return parsed
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.info("%s: seed %d: k-NN DINO %.1f%% vs supervised %.1f%%; Jaccard DINO %.3f vs supervised %.3f",
                  NAME, seed, row["dino"]["knn_top1"], row["supervised"]["knn_top1"],
                  row["dino"]["jaccard_best_head"], row["supervised"]["jaccard_best_head"])
-    results = summarize(per_seed, args, dino_name, supervised_name, data, epochs, batch)
+    results = summarize(per_seed, args, dino_name, supervised_name, data, epochs, batch, dino_args)
     finish(results, out, NAME, log=log, plots={
         "dino.png": lambda path: plot(per_seed, path, quick=args.quick),
         "dino_attention.png": lambda path: attention_figure(out / f"dino-seed{seeds[0]}",
@@ -162,7 +148,7 @@ def measure(dino_dir: str, sup_dir: str, data: str, size: int, seed: int,
 
 
 def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_name: str, supervised_name: str,
-              data: str, epochs: int, batch: int) -> dict[str, Any]:
+              data: str, epochs: int, batch: int, dino_args: dict[str, Any] | None = None) -> dict[str, Any]:
     def values(model: str, key: str) -> list[float]:
         return [r[model][key] for r in per_seed]
 
@@ -186,7 +172,7 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_nam
                f"--batch-size {batch} --lr {args.lr:g} --seeds {len(per_seed)}" + extra)
     untrained_knn = table["untrained"]["knn_top1_mean"]
     return {"command": command, "quick": args.quick, "data": data, "dino_model": dino_name,
-            "dino_model_args": parse_model_args(args.model_arg),
+            "dino_model_args": dict(dino_args or {}),
             # the architecture's k-NN with no training: a DINO ratio is only learning where DINO beats it
             "knn_ratio_untrained": untrained_knn / sup_knn if sup_knn > 0 else float("nan"),
             "dino_above_untrained": compare(values("dino", "knn_top1"), values("untrained", "knn_top1"),
