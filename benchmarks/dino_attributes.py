@@ -8,8 +8,8 @@ shape.
     python benchmarks/dino_attributes.py RUN [RUN ...] [--train-images 8000] [--untrained vit_micro_patch8_64]
                                          [--background textured|plain]
 
-Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain]` as `vitlab train` builds it (seed 0,
-N train / N // 4 val, 64 px); the memory bank is the train split, the queries the val split.
+Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain]` as `vitlab train`
+builds it (seed 0, N train / N // 4 val, 64 px); the memory bank is the train split, the queries the val split.
 """
 from __future__ import annotations
 

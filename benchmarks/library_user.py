@@ -108,10 +108,11 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    lines = [f"Library user's process (no CLI settings), {env['vendor'] or 'unknown vendor'}, {env['threads']} threads, "
-             f"torch {env['torch']}; matmul peak {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} bf16; fp32 "
-             f"training GEMMs: {env['fp32_training_gemm']}.", "",
-             "| model | way | precision | ours (ms/batch) | HF (ms/batch) | ours / HF speed |", "|---|---|---|---:|---:|---:|"]
+    lines = [f"Library user's process (no CLI settings), {env['vendor'] or 'unknown vendor'}, "
+             f"{env['threads']} threads, torch {env['torch']}; matmul peak {peak['fp32']:.0f} GFLOP/s fp32, "
+             f"{peak['bf16']:.0f} bf16; fp32 training GEMMs: {env['fp32_training_gemm']}.", "",
+             "| model | way | precision | ours (ms/batch) | HF (ms/batch) | ours / HF speed |",
+             "|---|---|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['way']} | {r['precision']} | {r['ms']['ours']:.0f} | {r['ms']['hf']:.0f} | "
               f"{r['ratio']:.2f}x |" for r in rows]
     lines += ["", f"Command: `{result['command']}` ({result['wall_s'] / 60:.0f} min)."]

@@ -48,8 +48,8 @@ def test_crossing_is_interpolated_in_log_fraction():
 
 
 # the non-quick arguments the summarize tests share (three seeds, fractions 0.1 and 1)
-ARGS = argparse.Namespace(quick=False, train_per_class=10, val_per_class=5, epochs=2, lr=1e-3, fractions=(0.1, 1.0), seeds=3,
-                          seed=0, out="runs/study-data-efficiency")
+ARGS = argparse.Namespace(quick=False, train_per_class=10, val_per_class=5, epochs=2, lr=1e-3, fractions=(0.1, 1.0),
+                          seeds=3, seed=0, out="runs/study-data-efficiency")
 
 
 def _runs(top1: dict[float, dict[str, list[float]]]):
