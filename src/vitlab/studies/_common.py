@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,54 @@ def train(model: str, data: str, out: Path, *, epochs: int, seed: int, img_size:
                       model_args=model_args, **{**recipe, **extra})
     log.info("training %s (%d epochs, seed %d) into %s", model, epochs, seed, out)
     return run_training(cfg, overwrite=True)
+
+
+def default_jobs() -> int:
+    """Training runs at a time when a study does not say: the cores, at most 4 (each run then gets one core)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def add_jobs_argument(p: argparse.ArgumentParser) -> None:
+    """--jobs, in the studies whose training runs are independent of each other (train_all)."""
+    p.add_argument("--jobs", type=int_arg(at_least=1), default=default_jobs(),
+                   help="training runs at a time, each in its own process with its share of the threads "
+                        f"(default: the cores, at most 4; here {default_jobs()}); 1 trains them in turn in this "
+                        "process. The numbers do not depend on it")
+
+
+def train_all(runs: Sequence[Mapping[str, Any]], jobs: int = 1) -> list[dict[str, Any]]:
+    """[train(**run) for run in runs]: the metrics of each run, in the order given.
+
+    jobs > 1 trains min(jobs, len(runs)) at a time, each in a fresh (spawned) process with this process's torch
+    threads divided among them (at least 1). The runs must not read each other's output. A run is seeded by its
+    own config and its data order does not depend on the process, so the results are those of jobs=1 at the same
+    thread count; a failed run raises here once the runs already started have ended."""
+    runs = [dict(run) for run in runs]
+    jobs = min(jobs, len(runs))
+    if jobs <= 1:
+        return [train(**run) for run in runs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    level = logging.getLogger().getEffectiveLevel()
+    log.info("training %d runs, %d at a time (%d thread%s each)", len(runs), jobs, threads, "s" * (threads > 1))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
+                             initargs=(threads, level)) as pool:
+        return list(pool.map(_train_one, runs))
+
+
+def _worker_setup(threads: int, level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(message)s")
+
+
+def _train_one(run: dict[str, Any]) -> dict[str, Any]:
+    return train(**run)
 
 
 def vit_init(model: str) -> dict[str, Any]:

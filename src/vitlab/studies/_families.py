@@ -21,23 +21,25 @@ log = logging.getLogger(__name__)
 
 def train_grid(models: dict[str, str], seeds: Sequence[int], data: str, out: Path, *,
                epochs: Callable[[str], int] | int, img_size: int, quick: bool,
-               run_dir: Callable[[str, int], str] | None = None, **extra: Any) -> dict[str, list[dict[str, Any]]]:
+               run_dir: Callable[[str, int], str] | None = None, jobs: int = 1,
+               **extra: Any) -> dict[str, list[dict[str, Any]]]:
     """Train every model (label -> registered name) once per seed with the studies' recipe (`extra`: more
-    TrainConfig fields, e.g. time_limit_s); returns
-    {label: [metrics.json of each seed, in seed order]}. The seed loop is outside, so the models of one seed
-    share its data order and a stopped run leaves complete pairs. The runs skip the trainer's closing pictures
-    (seconds each): the study's own figure is the result."""
+    TrainConfig fields, e.g. time_limit_s), `jobs` runs at a time (common.train_all; keep 1 where the budget is
+    wall-clock time, so runs do not share the cores); returns {label: [metrics.json of each seed, in seed order]}.
+    The runs start seed by seed, so the models of one seed share its data order and a stopped run leaves complete
+    pairs. The runs skip the trainer's closing pictures (seconds each): the study's own figure is the result."""
     epochs_of = epochs if callable(epochs) else (lambda label: epochs)
     name_of = run_dir or (lambda label, seed: f"{_slug(label)}-seed{seed}")
+    grid = [(label, seed) for seed in seeds for label in models]
+    trained = common.train_all([dict(model=models[label], data=data, out=out / name_of(label, seed),
+                                     epochs=epochs_of(label), seed=seed, img_size=img_size, quick=quick,
+                                     report=False, **extra) for label, seed in grid], jobs=1 if quick else jobs)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
-    for seed in seeds:
-        for label, name in models.items():
-            metrics = common.train(name, data, out / name_of(label, seed), epochs=epochs_of(label), seed=seed,
-                                   img_size=img_size, quick=quick, report=False, **extra)
-            metrics["train_time_s"] = train_seconds(out / name_of(label, seed))
-            runs[label].append(metrics)
-            log.info("%s seed %d: val top-1 %.1f%% (%d epochs, %.1f s training)", label, seed,
-                     metrics["val_top1"], metrics["epochs"], metrics["train_time_s"])
+    for (label, seed), metrics in zip(grid, trained):
+        metrics["train_time_s"] = train_seconds(out / name_of(label, seed))
+        runs[label].append(metrics)
+        log.info("%s seed %d: val top-1 %.1f%% (%d epochs, %.1f s training)", label, seed,
+                 metrics["val_top1"], metrics["epochs"], metrics["train_time_s"])
     return runs
 
 

@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int_arg(at_least=1), default=8, help="epochs of every model (the same budget)")
     p.add_argument("--batch-size", type=int_arg(at_least=1), default=32, help="batch of the throughput timing")
     p.add_argument("--repeats", type=int_arg(at_least=1), default=3, help="timed passes per round (the best)")
+    common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seeds = common.seed_list(args)
     data = common.study_data(args, out, args.img_size, args.train_per_class)
     runs = families.train_grid(MODELS, seeds, data, out, epochs=args.epochs, img_size=args.img_size,
-                               quick=args.quick)
+                               quick=args.quick, jobs=args.jobs)
     speed = families.throughput(MODELS, args.img_size, args.batch_size, len(seeds), args.repeats, REFERENCE)
     results = summarize(runs, speed, args, seeds)
     return common.finish(results, out, NAME, log=log, plots={"architectures.png": lambda path: plot(results, path)},

@@ -94,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs of the full-size set: the same number of steps at every fraction (default 15)")
     p.add_argument("--lr", type=float_arg(above=0), default=1e-3,
                    help="peak learning rate of every model (default 1e-3; the other studies' recipe has 5e-4)")
+    common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
 
@@ -109,16 +110,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      img_size, args.train_per_class, args.val_per_class))
     folders = {f: fraction_folder(full, f, out / f"data-{f:g}") for f in args.fractions}
     runs: dict[float, dict[str, list[dict[str, Any]]]] = {f: {label: [] for label in MODELS} for f in folders}
-    for seed in seeds:                   # seeds outside: a stopped run leaves complete (fraction, model) pairs
-        for f, (data, _) in folders.items():
-            for label, name in MODELS.items():
-                run_dir = out / f"{_slug(label)}-{f:g}-seed{seed}"
-                metrics = common.train(name, data, run_dir, epochs=args.epochs, seed=seed, img_size=img_size,
-                                       quick=args.quick, warmup_epochs=min(1.0, args.epochs / 5), lr=args.lr)
-                metrics["steps"] = optimiser_steps(run_dir)
-                runs[f][label].append(metrics)
-                log.info("data-efficiency: %s on %g of the images, seed %d: val top-1 %.1f%%", label, f, seed,
-                         metrics["val_top1"])
+    grid = [(seed, f, label) for seed in seeds for f in folders for label in MODELS]   # seeds outside: in order
+    run_dir = {(seed, f, label): out / f"{_slug(label)}-{f:g}-seed{seed}" for seed, f, label in grid}
+    trained = common.train_all([dict(model=MODELS[label], data=folders[f][0], out=run_dir[seed, f, label],
+                                     epochs=args.epochs, seed=seed, img_size=img_size, quick=args.quick,
+                                     warmup_epochs=min(1.0, args.epochs / 5), lr=args.lr)
+                                for seed, f, label in grid], jobs=1 if args.quick else args.jobs)
+    for (seed, f, label), metrics in zip(grid, trained):
+        metrics["steps"] = optimiser_steps(run_dir[seed, f, label])
+        runs[f][label].append(metrics)
+        log.info("data-efficiency: %s on %g of the images, seed %d: val top-1 %.1f%%", label, f, seed,
+                 metrics["val_top1"])
     distinct = {f: per_class for f, (_, per_class) in folders.items()}
     results = summarize(runs, distinct, args, seeds, img_size)
     return common.finish(results, out, NAME, log=log, plots={"data_efficiency.png": lambda path: plot(results, path)},

@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-per-class", type=int_arg(at_least=1), default=1000,
                    help="shapes per class the teachers train on (the students see --train-per-class): on the "
                         "students' 100 per class resnet_micro_32 reached only 25-28%% in 30 epochs")
+    common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
 
@@ -85,24 +86,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     teacher_data = common.study_data(args, out, args.img_size, args.teacher_per_class)
 
     def fit(run_dir: str, model: str, seed: int, epochs: int, on: str = data, **extra: Any) -> dict[str, Any]:
-        return common.train(model, on, out / run_dir, epochs=epochs, seed=seed, img_size=args.img_size,
-                            quick=args.quick, **extra)
+        return dict(model=model, data=on, out=out / run_dir, epochs=epochs, seed=seed, img_size=args.img_size,
+                    quick=args.quick, **extra)
 
-    # The teachers first (once): every distilled run loads its teacher from the directory.
-    teachers = {"CNN teacher": fit("teacher-cnn", args.teacher, args.seed, args.teacher_epochs, teacher_data,
-                                   lr=args.teacher_lr),
-                "ViT teacher": fit("teacher-vit", args.vit_teacher, args.seed, args.teacher_epochs, teacher_data)}
-    students: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
+    jobs = 1 if args.quick else args.jobs
+    # The teachers first (once, args.jobs at a time): every distilled run loads its teacher from the directory.
+    cnn, vit = common.train_all([fit("teacher-cnn", args.teacher, args.seed, args.teacher_epochs, teacher_data,
+                                     lr=args.teacher_lr),
+                                 fit("teacher-vit", args.vit_teacher, args.seed, args.teacher_epochs, teacher_data)],
+                                jobs=jobs)
+    teachers = {"CNN teacher": cnn, "ViT teacher": vit}
     recipe = {"model_args": student_args(args)}
-    for seed in seeds:
-        students["labels only"].append(fit(f"labels-seed{seed}", "deit_tiny_patch16_224", seed, args.epochs,
-                                           **recipe))
-        for row, teacher, mode in (("hard, CNN teacher", "teacher-cnn", "hard"),
-                                   ("soft, CNN teacher", "teacher-cnn", "soft"),
-                                   ("hard, ViT teacher", "teacher-vit", "hard")):
-            run_dir = f"{mode}-{teacher.split('-')[1]}-seed{seed}"
-            students[row].append(fit(run_dir, "deit_tiny_distilled_patch16_224", seed, args.epochs,
-                                     teacher=str(out / teacher), distill=mode, **recipe))
+    grid = [(seed, row) for seed in seeds for row in ROWS]
+    runs = []
+    for seed, row in grid:
+        if row == "labels only":
+            runs.append(fit(f"labels-seed{seed}", "deit_tiny_patch16_224", seed, args.epochs, **recipe))
+        else:
+            mode, teacher = row.split(", ")[0], "teacher-" + row.split(", ")[1].split()[0].lower()
+            runs.append(fit(f"{mode}-{teacher.split('-')[1]}-seed{seed}", "deit_tiny_distilled_patch16_224", seed,
+                            args.epochs, teacher=str(out / teacher), distill=mode, **recipe))
+    students: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
+    for (seed, row), metrics in zip(grid, common.train_all(runs, jobs=jobs)):
+        students[row].append(metrics)
     results = summarize(teachers, students, args, seeds)
     return common.finish(results, out, NAME, log=log, difference="%+.2f points",
                          plots={"distill.png": lambda path: plot(out, seeds, results, path)})

@@ -80,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int_arg(at_least=1), default=2,
                    help="random masks / permutations / noise draws averaged")
     p.add_argument("--reuse", action="store_true", help="load the models trained by an earlier run in --out")
+    common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
 
@@ -96,10 +97,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = min(args.eval_images, len(data.val))
     images = torch.stack([data.val[i][0] for i in range(n)]).float() / 255.0          # (n, 3, S, S) in [0, 1]
     labels = data.val.labels[:n]
+    trained = train_models(names, args, out, data_spec, seeds)
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
-        models = {label: train_or_load(name, args, out / f"{label.lower()}-seed{seed}", data_spec, seed)
-                  for label, name in names.items()}
+        models = {label: (load_model(out / f"{label.lower()}-seed{seed}").eval(), trained[label, seed])
+                  for label in names}
         patch = pixel_patch_size(models["ViT"][0])
         pixel = {label: pixel_space(model) for label, (model, _) in models.items()}
         evals = {label: {"name": names[label], "train_val_top1": models[label][1]["val_top1"],
@@ -115,17 +117,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- models ----------------------------------------------------------------------------------------------------
-def train_or_load(name: str, args: argparse.Namespace, run_dir: Path, data: str,
-                  seed: int) -> tuple[nn.Module, dict[str, Any]]:
-    """A model trained on `data` at args.img_size by run_training (or, with args.reuse, loaded from run_dir)."""
-    metrics_path = run_dir / "metrics.json"
-    if getattr(args, "reuse", False) and metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        log.info("%s: reusing %s (%s epochs, val top-1 %.1f%%)", NAME, run_dir, metrics["epochs"], metrics["val_top1"])
-    else:
-        metrics = common.train(name, data, run_dir, epochs=args.epochs, seed=seed, img_size=args.img_size,
-                               quick=args.quick)
-    return load_model(run_dir).eval(), metrics
+def train_models(names: dict[str, str], args: argparse.Namespace, out: Path, data: str,
+                 seeds: list[int]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Train each (model, seed) on `data` at args.img_size into out/<label>-seed<seed>, args.jobs at a time (with
+    args.reuse, runs that have a metrics.json are loaded instead). Returns {(label, seed): metrics}."""
+    metrics: dict[tuple[str, int], dict[str, Any]] = {}
+    todo: list[tuple[str, int]] = []
+    for seed in seeds:
+        for label in names:
+            path = out / f"{label.lower()}-seed{seed}" / "metrics.json"
+            if getattr(args, "reuse", False) and path.is_file():
+                metrics[label, seed] = json.loads(path.read_text())
+                log.info("%s: reusing %s (%s epochs, val top-1 %.1f%%)", NAME, path.parent,
+                         metrics[label, seed]["epochs"], metrics[label, seed]["val_top1"])
+            else:
+                todo.append((label, seed))
+    done = common.train_all([dict(model=names[label], data=data, out=out / f"{label.lower()}-seed{seed}",
+                                  epochs=args.epochs, seed=seed, img_size=args.img_size, quick=args.quick)
+                             for label, seed in todo], jobs=1 if args.quick else args.jobs)
+    metrics.update(zip(todo, done))
+    return metrics
 
 
 def pixel_space(model: nn.Module) -> nn.Module:
