@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs.append(fit(f"{mode}-{teacher.split('-')[1]}-seed{seed}", "deit_tiny_distilled_patch16_224", seed,
                             args.epochs, teacher=str(out / teacher), distill=mode, **recipe))
     students: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
-    for (seed, row), metrics in zip(grid, common.train_all(runs, jobs=jobs)):
+    for (_, row), metrics in zip(grid, common.train_all(runs, jobs=jobs)):
         students[row].append(metrics)
     results = summarize(teachers, students, args, seeds)
     return common.finish(results, out, NAME, log=log, difference="%+.2f points",
