@@ -41,3 +41,29 @@ def test_shapes_default_size_is_fast():
     bundle = build_data("shapes", 32)
     assert 2000 <= len(bundle.train) <= 6000
     assert time.perf_counter() - start < 10.0  # ~0.5 s on one core; generous for a shared machine
+
+
+def test_shapes_object_sizes():
+    """objects="large" draws the same classes with radii twice as large (the object covers ~4x the pixels); the
+    default draws the bytes of "small"; an unknown size is refused by name."""
+    import numpy as np
+    import pytest
+
+    from vitlab.data.shapes import OBJECT_RADII, generate_shapes
+
+    def covered(images):                       # per image: the fraction of pixels of its most common colour,
+        counts = []                            # the object's flat fill (the background has pixel grain)
+        for image in images.images:
+            _, n = image.reshape(3, -1).T.unique(dim=0, return_counts=True)
+            counts.append(n.max().item() / image[0].numel())
+        return torch.tensor(counts)
+
+    small = generate_shapes(20, 32, np.random.default_rng(5))
+    assert torch.equal(small.images, generate_shapes(20, 32, np.random.default_rng(5), objects="small").images)
+    large = generate_shapes(20, 32, np.random.default_rng(5), objects="large")
+    assert torch.equal(small.labels, large.labels)
+    assert OBJECT_RADII["large"] == (0.30, 0.45) and OBJECT_RADII["small"] == (0.15, 0.28)
+    ratio = covered(large).mean() / covered(small).mean()
+    assert 2.6 < ratio < 3.6, ratio               # E[r^2]: 0.1425 / 0.0459 = 3.1 (area scales as r^2)
+    with pytest.raises(ValueError, match="objects must be one of small, large, got 'huge'"):
+        generate_shapes(2, 32, np.random.default_rng(0), objects="huge")

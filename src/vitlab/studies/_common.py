@@ -65,8 +65,10 @@ def command_line(name: str, args: argparse.Namespace, add_arguments: Any) -> str
     return " ".join(parts)
 
 
-def shapes_folder(root: Path, size: int, per_class: int, val_per_class: int, seed: int = 0) -> str:
-    """An ImageFolder (train/<class>/, val/<class>/) of the generated `shapes` at `size` px; kept when present.
+def shapes_folder(root: Path, size: int, per_class: int, val_per_class: int, seed: int = 0,
+                  objects: str = "small") -> str:
+    """An ImageFolder (train/<class>/, val/<class>/) of the generated `shapes` at `size` px (object sizes
+    `objects`: data.shapes.OBJECT_RADII); kept when present.
 
     The studies train through the library's trainer, which reads data specs; a folder lets them choose the
     number of images (the `shapes` spec has a fixed 500 per class)."""
@@ -79,7 +81,7 @@ def shapes_folder(root: Path, size: int, per_class: int, val_per_class: int, see
     if done.is_file():
         return str(root)
     for split, n, stream in (("train", per_class, 0), ("val", val_per_class, 1)):
-        images = generate_shapes(n, size, np.random.default_rng([seed, stream]))
+        images = generate_shapes(n, size, np.random.default_rng([seed, stream]), objects=objects)
         for i in range(len(images)):
             image, label = images[i]
             folder = root / split / SHAPE_CLASSES[int(label)]
@@ -222,10 +224,28 @@ def quick_title(title: str, quick: bool) -> str:
 QUICK_SIZE, QUICK_TRAIN, QUICK_VAL = 16, 6, 4        # quick mode's data: 36 train / 24 val images of 16 px
 
 
+def add_objects_argument(p: argparse.ArgumentParser, default: str = "large") -> None:
+    """--objects: the size of the generated shapes (data.shapes.OBJECT_RADII), in the studies that draw them."""
+    from ..data.shapes import OBJECT_RADII
+
+    p.add_argument("--objects", choices=sorted(OBJECT_RADII), default=default,
+                   help=f"object size of the generated shapes (default {default}: 60-90%% of the side; small: "
+                        "30-56%%, on which a micro ViT stays below the studies' floor for thousands of steps)")
+
+
 def study_data(args: argparse.Namespace, out: Path, size: int, per_class: int, val_per_class: int = 100) -> str:
-    """The data spec a study trains on: a shapes folder under `out` (quick: a tiny one), or args.data as given."""
+    """The data spec a study trains on: a shapes folder under `out` (quick: a tiny one), or args.data as given.
+    The shapes' object size is args.objects where the study has the option (add_objects_argument), else small."""
+    objects = getattr(args, "objects", "small")
     if args.quick:
-        return shapes_folder(out / "quick-data", QUICK_SIZE, QUICK_TRAIN, QUICK_VAL)
+        return shapes_folder(out / f"quick-data{objects_suffix(objects)}", QUICK_SIZE, QUICK_TRAIN, QUICK_VAL,
+                             objects=objects)
     if args.data == "shapes":
-        return shapes_folder(out / f"data-shapes{size}-{per_class}", size, per_class, val_per_class)
+        return shapes_folder(out / f"data-shapes{size}-{per_class}{objects_suffix(objects)}", size, per_class,
+                             val_per_class, objects=objects)
     return args.data
+
+
+def objects_suffix(objects: str) -> str:
+    """The folder names of the default (small) objects are those from before the option existed."""
+    return "" if objects == "small" else f"-{objects}"

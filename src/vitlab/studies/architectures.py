@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int_arg(at_least=1), default=8, help="epochs of every model (the same budget)")
     p.add_argument("--batch-size", type=int_arg(at_least=1), default=32, help="batch of the throughput timing")
     p.add_argument("--repeats", type=int_arg(at_least=1), default=3, help="timed passes per round (the best)")
+    common.add_objects_argument(p)
     common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 

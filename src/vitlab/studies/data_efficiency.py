@@ -94,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs of the full-size set: the same number of steps at every fraction (default 15)")
     p.add_argument("--lr", type=float_arg(above=0), default=1e-3,
                    help="peak learning rate of every model (default 1e-3; the other studies' recipe has 5e-4)")
+    common.add_objects_argument(p)
     common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
@@ -106,8 +107,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     seeds = common.seed_list(args)
     img_size = common.QUICK_SIZE if args.quick else IMG_SIZE
-    full = Path(common.shapes_folder(out / f"data-shapes{img_size}-{args.train_per_class}-{args.val_per_class}",
-                                     img_size, args.train_per_class, args.val_per_class))
+    suffix = common.objects_suffix(args.objects)
+    full = Path(common.shapes_folder(out / f"data-shapes{img_size}-{args.train_per_class}-{args.val_per_class}{suffix}",
+                                     img_size, args.train_per_class, args.val_per_class, objects=args.objects))
     folders = {f: fraction_folder(full, f, out / f"data-{f:g}") for f in args.fractions}
     runs: dict[float, dict[str, list[dict[str, Any]]]] = {f: {label: [] for label in MODELS} for f in folders}
     grid = [(seed, f, label) for seed in seeds for f in folders for label in MODELS]   # seeds outside: in order

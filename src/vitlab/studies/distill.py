@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-per-class", type=int_arg(at_least=1), default=1000,
                    help="shapes per class the teachers train on (the students see --train-per-class): on the "
                         "students' 100 per class resnet_micro_32 reached only 25-28%% in 30 epochs")
+    common.add_objects_argument(p)
     common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 

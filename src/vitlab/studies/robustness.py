@@ -80,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int_arg(at_least=1), default=2,
                    help="random masks / permutations / noise draws averaged")
     p.add_argument("--reuse", action="store_true", help="load the models trained by an earlier run in --out")
+    common.add_objects_argument(p)
     common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
