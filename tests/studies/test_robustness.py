@@ -85,8 +85,11 @@ def test_kept_and_claims_on_numbers_worked_by_hand():
     assert kept(per_seed, "ViT", "patch_drop") == pytest.approx([0.625, 0.6])
     assert kept(per_seed, "ResNet", "patch_drop") == pytest.approx([0.3, 0.35])
     assert kept(per_seed, "ViT", "pgd") == pytest.approx([0.3, 0.2])            # attacks: out of 100% matched
-    args = argparse.Namespace(quick=False, data="shapes", img_size=32, epochs=1, out="runs/study-robustness")
-    drop, adversarial = summarize(per_seed, args, [0, 1], 10)["claims"]
+    args = argparse.Namespace(quick=False, data="shapes", img_size=32, epochs=1, vit_epochs=2,
+                              out="runs/study-robustness")
+    results = summarize(per_seed, args, [0, 1], 10)
+    drop, adversarial = results["claims"]
+    assert (results["epochs"], results["vit_epochs"]) == (1, 2)
     # drop differences 0.325, 0.25: mean 0.2875, se 0.0375 -> reproduced
     assert drop["difference"] == pytest.approx(0.2875) and drop["standard_error"] == pytest.approx(0.0375)
     assert drop["verdict"] == REPRODUCED

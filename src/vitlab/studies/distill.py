@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int_arg(at_least=1), default=4, help="student patch size")
     p.add_argument("--depth", type=int_arg(at_least=1), default=4,
                    help=f"student blocks (DeiT-Ti has 12; here width {STUDENT_DIM}, {STUDENT_HEADS} heads)")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=15, help="epochs of each student")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=40, help="epochs of each student")
     p.add_argument("--teacher-epochs", type=int_arg(at_least=1), default=30, help="epochs of each teacher")
     p.add_argument("--teacher-lr", type=float_arg(above=0), default=2e-3,
                    help="peak lr of the CNN teacher (the ViTs use the studies' 5e-4)")
