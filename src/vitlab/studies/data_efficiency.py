@@ -86,12 +86,12 @@ def _fractions_arg(text: str) -> tuple[float, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", type=_fractions_arg, default=(0.1, 0.3, 1.0),
                    help="training-set fractions, comma-separated (default 0.1,0.3,1)")
-    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=240,
-                   help="shapes training images per class at fraction 1 (default 240)")
+    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=200,
+                   help="shapes training images per class at fraction 1 (default 200)")
     p.add_argument("--val-per-class", type=int_arg(at_least=1), default=30,
                    help="shapes val images per class (default 30)")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=16,
-                   help="epochs of the full-size set: the same number of steps at every fraction (default 16)")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=15,
+                   help="epochs of the full-size set: the same number of steps at every fraction (default 15)")
     p.add_argument("--lr", type=float_arg(above=0), default=1e-3,
                    help="peak learning rate of every model (default 1e-3; the other studies' recipe has 5e-4)")
     common.add_objects_argument(p)

@@ -8,7 +8,8 @@ DeiT trained on 1.2M images for 300 epochs; the benefit of the teacher's convolu
 transformer cannot learn that bias from the data itself. An earlier version of this study ran 8x8 digits at 16 px,
 where the student alone reached 84% and the distilled one 69%: one seed, and a setting in which the student has
 nothing to inherit. Here the regime is data- and epoch-limited on purpose: --train-per-class generated `shapes` at
-32 px (default 100 per class, 600 images), patch 4 (64 tokens), a few epochs. All runs go through
+32 px, large objects (default 100 per class, 600 images), patch 4 (64 tokens), 40 epochs (750 steps;
+with 15 every student sat at chance). All runs go through
 `vitlab.train.run_training` with the same recipe:
   CNN teacher          a ResNet (lr --teacher-lr) trained for --teacher-epochs on --teacher-per-class shapes
                        (default 1000): on the students' 100 per class it reached only 25-28%, nothing to teach
