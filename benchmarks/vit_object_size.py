@@ -11,13 +11,11 @@ in benchmarks/results/vit_plateau/README.md.
 """
 from __future__ import annotations
 
-import math
 import sys
-import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from vit_plateau import as_tensors, fit   # benchmarks/: the same loop
 
 import vitlab
 import vitlab.data.shapes as shapes
@@ -30,11 +28,6 @@ def plain_backgrounds(n: int, S: int, rng: np.random.Generator) -> tuple[np.ndar
     return image + rng.standard_normal((n, S, S, 3), dtype=np.float32) * 12, base
 
 
-def tensors(images: shapes.ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-    x = images.images.float() / 255                 # (n, 3, S, S) in [0, 1]
-    return (x - 0.5) / 0.5, images.labels
-
-
 def main() -> None:
     objects, background, pool = sys.argv[1], sys.argv[2], sys.argv[3]
     per_class, epochs = int(sys.argv[4]), int(sys.argv[5])
@@ -42,33 +35,10 @@ def main() -> None:
     if background == "plain":
         shapes._backgrounds = plain_backgrounds
     torch.manual_seed(0)
-    xt, yt = tensors(shapes.generate_shapes(per_class, 32, np.random.default_rng([0, 0]), objects=objects))
-    xv, yv = tensors(shapes.generate_shapes(100, 32, np.random.default_rng([0, 1]), objects=objects))
+    xt, yt = as_tensors(shapes.generate_shapes(per_class, 32, np.random.default_rng([0, 0]), objects=objects))
+    xv, yv = as_tensors(shapes.generate_shapes(100, 32, np.random.default_rng([0, 1]), objects=objects))
     model = vitlab.create_model("vit_micro_patch4_32", num_classes=6, weight_init="jax", pool=pool)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * math.ceil(len(yt) / 64)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
-    t0, step = time.time(), 0
-    for epoch in range(epochs):
-        model.train()
-        order, total = torch.randperm(len(yt)), 0.0
-        for i in range(0, len(yt), 64):
-            idx = order[i:i + 64]
-            flip = torch.rand(len(idx)) < 0.5
-            x = torch.where(flip[:, None, None, None], xt[idx].flip(3), xt[idx])
-            loss = F.cross_entropy(model(x), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, step = total + loss.item() * len(idx), step + 1
-        model.eval()
-        with torch.no_grad():
-            acc = (model(xv).argmax(1) == yv).float().mean().item()
-        print(f"epoch {epoch} step {step} train_loss {total / len(yt):.3f} val_top1 {acc:.3f} "
-              f"t {time.time() - t0:.0f}s", flush=True)
+    fit(model, xt, yt, xv, yv, lr=lr, batch=64, epochs=epochs)
 
 
 if __name__ == "__main__":

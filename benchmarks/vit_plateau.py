@@ -34,13 +34,19 @@ def main() -> None:
     torch.manual_seed(0)
     xt, yt = as_tensors(generate_shapes(per_class, 32, np.random.default_rng([0, 0])))
     xv, yv = as_tensors(generate_shapes(100, 32, np.random.default_rng([0, 1])))
-    model = vitlab.create_model(name, num_classes=6, **kwargs)
+    fit(vitlab.create_model(name, num_classes=6, **kwargs), xt, yt, xv, yv, lr=lr, batch=batch, epochs=epochs)
+
+
+def fit(model: torch.nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, *,
+        lr: float, batch: int, epochs: int) -> None:
+    """AdamW (weight decay 0.05), 10% linear warm-up then cosine, random flips; prints loss and val top-1 per
+    epoch. xt, xv: (n, 3, S, S) normalised images; yt, yv: (n,) labels."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(yt) / batch)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
-    t0 = time.time()
+    t0, step = time.time(), 0
     for epoch in range(epochs):
         model.train()
         order, total, seen = torch.randperm(len(yt)), 0.0, 0
@@ -53,12 +59,12 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            total, seen, step = total + loss.item() * len(idx), seen + len(idx), step + 1
         model.eval()
         with torch.no_grad():
             acc = (model(xv).argmax(1) == yv).float().mean().item()
-        print(f"epoch {epoch} train_loss {total / seen:.3f} val_top1 {acc:.3f} t {time.time() - t0:.0f}s", flush=True)
-
+        print(f"epoch {epoch} step {step} train_loss {total / seen:.3f} val_top1 {acc:.3f} "
+              f"t {time.time() - t0:.0f}s", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ for --seeds seeds (the students' seeds pair across rows). Verdicts (paired over 
 only; soft-distilled > labels only; CNN teacher > ViT teacher (both hard). A teacher less than halfway from
 chance to 100% makes its claims inconclusive (verdict.undertrained): it has nothing to teach.
 
-    vitlab study distill                       # 2 teachers + 4 students x 3 seeds
+    vitlab study distill                       # 2 teachers + 4 students x 3 seeds: ~24 min with --jobs 2
     vitlab study distill --train-per-class 300 # more data: the teacher's advantage should shrink
     vitlab study distill --quick               # 16 px, one epoch on 36 images: a smoke test (no verdict)
 """
