@@ -32,8 +32,8 @@ run at lr 1e-3 (the other studies' recipe has 5e-4; the jax-init ViT and the Res
 24.1 +- 3.4% (chance 16.7%; enough for the verdicts to count) against 63.2% for the ResNet and 57.2% for CvT, so
 the convolutional models win at 10% as the claim says, but the gap grows with the data instead of shrinking:
 in 555 steps the ViT barely learns at any size. A run that tells data hunger from slow optimisation needs far more
-steps (the robustness study's ViT needs ~4500 steps for 83% on 9000 large-object images: about an hour per model
-and seed here).
+steps (the robustness study's ViT needed 4500 steps, ~10 minutes a run, for 83% on 9000 large-object images;
+8x this study's steps for all 36 runs would take ~3 hours here).
 
     vitlab study data-efficiency                     # 4 models x 3 fractions x 3 seeds, 555 steps: ~25 min
     vitlab study data-efficiency --epochs 90         # 2700 steps (6x the time); not yet measured
