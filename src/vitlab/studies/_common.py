@@ -229,8 +229,8 @@ def add_objects_argument(p: argparse.ArgumentParser, default: str = "large") -> 
     from ..data.shapes import OBJECT_RADII
 
     p.add_argument("--objects", choices=sorted(OBJECT_RADII), default=default,
-                   help=f"object size of the generated shapes (default {default}: 60-90%% of the side; small: "
-                        "30-56%%, on which a micro ViT stays below the studies' floor for thousands of steps)")
+                   help=f"object size of the generated shapes (default {default}): large spans 60-90%% of the side, "
+                        "small 30-56%%, on which a micro ViT stays below the studies' floor for thousands of steps")
 
 
 def study_data(args: argparse.Namespace, out: Path, size: int, per_class: int, val_per_class: int = 100) -> str:
