@@ -97,13 +97,13 @@ TABLE: dict[str, dict[str, list[str]]] = {
     "study distill": {"--data": TEXT, "--img-size": POSITIVE_INT, "--teacher": TEXT, "--patch": POSITIVE_INT,
                       "--depth": POSITIVE_INT, "--epochs": POSITIVE_INT, "--teacher-epochs": POSITIVE_INT,
                       "--train-per-class": POSITIVE_INT, "--vit-teacher": TEXT, "--teacher-lr": POSITIVE_FLOAT,
-                      "--teacher-per-class": POSITIVE_INT,
+                      "--teacher-per-class": POSITIVE_INT, "--objects": CHOICE, "--jobs": POSITIVE_INT,
                       "--seed": NON_NEGATIVE_INT, "--seeds": POSITIVE_INT, "--out": TEXT},
     "study robustness": {"--data": TEXT, "--img-size": POSITIVE_INT, "--vit": TEXT, "--resnet": TEXT,
                          "--epochs": POSITIVE_INT, "--eval-images": POSITIVE_INT, "--attack-images": POSITIVE_INT,
                          "--pgd-steps": POSITIVE_INT, "--repeats": POSITIVE_INT, "--seed": NON_NEGATIVE_INT,
                          "--train-per-class": POSITIVE_INT, "--hybrid": TEXT, "--seeds": POSITIVE_INT,
-                         "--out": TEXT},
+                         "--vit-epochs": POSITIVE_INT, "--objects": CHOICE, "--jobs": POSITIVE_INT, "--out": TEXT},
     "study all": {"--only": NAME_LIST, "--out": TEXT},
     "study pos-embed": {"--data": TEXT, "--img-size": POSITIVE_INT, "--train-per-class": POSITIVE_INT,
                         "--vit": TEXT, "--epochs": POSITIVE_INT, "--reuse-from": TEXT, "--seeds": POSITIVE_INT,
@@ -130,7 +130,8 @@ TABLE: dict[str, dict[str, list[str]]] = {
                    "--background": CHOICE},
     "study architectures": {"--data": TEXT, "--img-size": POSITIVE_INT, "--train-per-class": POSITIVE_INT,
                             "--epochs": POSITIVE_INT, "--batch-size": POSITIVE_INT, "--repeats": POSITIVE_INT,
-                            "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT, "--out": TEXT},
+                            "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT, "--objects": CHOICE,
+                            "--jobs": POSITIVE_INT, "--out": TEXT},
     "study hybrid": {"--data": TEXT, "--img-size": POSITIVE_INT, "--train-per-class": POSITIVE_INT,
                      "--budgets": ["0", "-1", "nan", "inf", "10,10", "x", ""], "--seeds": POSITIVE_INT,
                      "--seed": NON_NEGATIVE_INT, "--out": TEXT},
@@ -141,7 +142,7 @@ TABLE: dict[str, dict[str, list[str]]] = {
     "study data-efficiency": {"--fractions": ["0,1", "1.5,1", "0.5", "0.5,0.5", "x", ""],
                               "--train-per-class": POSITIVE_INT, "--val-per-class": POSITIVE_INT,
                               "--epochs": POSITIVE_INT, "--seeds": POSITIVE_INT, "--seed": NON_NEGATIVE_INT,
-                              "--lr": POSITIVE_FLOAT, "--out": TEXT},
+                              "--lr": POSITIVE_FLOAT, "--objects": CHOICE, "--jobs": POSITIVE_INT, "--out": TEXT},
     "study video-retrieval": {"--data": TEXT, "--frames": ["1", "33", "1.5", "nan", "x", ""], "--epochs": POSITIVE_INT,
                               "--batch-size": ["1", "0", "nan", "x", ""], "--lr": POSITIVE_FLOAT, "--loss": CHOICE,
                               "--margin": ["-1", "2.5", "nan", "inf", "x", ""], "--seed": NON_NEGATIVE_INT,
@@ -186,7 +187,7 @@ def files(tmp_path_factory):
 
 
 def test_table_size():
-    assert len(CASES) == 1228         # every table change is deliberate: this counts the cases
+    assert len(CASES) == 1271         # every table change is deliberate: this counts the cases
 
 
 @pytest.mark.parametrize("command,option,value", CASES, ids=[f"{c}|{o}={v!r}" for c, o, v in CASES])
