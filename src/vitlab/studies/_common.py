@@ -35,8 +35,11 @@ def seed_list(args: argparse.Namespace) -> list[int]:
 
 
 def quick_args(args: argparse.Namespace, name: str, add_arguments: Any, **overrides: Any) -> argparse.Namespace:
-    """args with quick mode's small settings; the rerun command stays the one the user typed."""
-    return argparse.Namespace(**{**vars(args), **overrides, "_command": command_line(name, args, add_arguments)})
+    """args with quick mode's small settings (and --jobs 1: a smoke test's runs take less than a process start);
+    the rerun command stays the one the user typed."""
+    one_job = {"jobs": 1} if hasattr(args, "jobs") else {}
+    return argparse.Namespace(**{**vars(args), **one_job, **overrides,
+                                 "_command": command_line(name, args, add_arguments)})
 
 
 def command_line(name: str, args: argparse.Namespace, add_arguments: Any) -> str:

@@ -33,7 +33,7 @@ def train_grid(models: dict[str, str], seeds: Sequence[int], data: str, out: Pat
     grid = [(label, seed) for seed in seeds for label in models]
     trained = common.train_all([dict(model=models[label], data=data, out=out / name_of(label, seed),
                                      epochs=epochs_of(label), seed=seed, img_size=img_size, quick=quick,
-                                     report=False, **extra) for label, seed in grid], jobs=1 if quick else jobs)
+                                     report=False, **extra) for label, seed in grid], jobs=jobs)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
     for (label, seed), metrics in zip(grid, trained):
         metrics["train_time_s"] = train_seconds(out / name_of(label, seed))

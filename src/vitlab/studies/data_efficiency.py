@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trained = common.train_all([dict(model=MODELS[label], data=folders[f][0], out=run_dir[seed, f, label],
                                      epochs=args.epochs, seed=seed, img_size=img_size, quick=args.quick,
                                      warmup_epochs=min(1.0, args.epochs / 5), lr=args.lr)
-                                for seed, f, label in grid], jobs=1 if args.quick else args.jobs)
+                                for seed, f, label in grid], jobs=args.jobs)
     for (seed, f, label), metrics in zip(grid, trained):
         metrics["steps"] = optimiser_steps(run_dir[seed, f, label])
         runs[f][label].append(metrics)

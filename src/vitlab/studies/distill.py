@@ -46,6 +46,8 @@ CLAIM = ("a student transformer distilled from a convnet teacher beats the same 
 PAPER = "Touvron et al., Training data-efficient image transformers & distillation through attention, ICML 2021"
 STUDENT_DIM, STUDENT_HEADS = 96, 3
 ROWS = ("labels only", "hard, CNN teacher", "soft, CNN teacher", "hard, ViT teacher")
+DISTILLED = {"hard, CNN teacher": ("hard", "cnn"), "soft, CNN teacher": ("soft", "cnn"),   # row: (mode, teacher)
+             "hard, ViT teacher": ("hard", "vit")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,12 +93,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return dict(model=model, data=on, out=out / run_dir, epochs=epochs, seed=seed, img_size=args.img_size,
                     quick=args.quick, **extra)
 
-    jobs = 1 if args.quick else args.jobs
     # The teachers first (once, args.jobs at a time): every distilled run loads its teacher from the directory.
     cnn, vit = common.train_all([fit("teacher-cnn", args.teacher, args.seed, args.teacher_epochs, teacher_data,
                                      lr=args.teacher_lr),
                                  fit("teacher-vit", args.vit_teacher, args.seed, args.teacher_epochs, teacher_data)],
-                                jobs=jobs)
+                                jobs=args.jobs)
     teachers = {"CNN teacher": cnn, "ViT teacher": vit}
     recipe = {"model_args": student_args(args)}
     grid = [(seed, row) for seed in seeds for row in ROWS]
@@ -105,11 +106,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if row == "labels only":
             runs.append(fit(f"labels-seed{seed}", "deit_tiny_patch16_224", seed, args.epochs, **recipe))
         else:
-            mode, teacher = row.split(", ")[0], "teacher-" + row.split(", ")[1].split()[0].lower()
-            runs.append(fit(f"{mode}-{teacher.split('-')[1]}-seed{seed}", "deit_tiny_distilled_patch16_224", seed,
-                            args.epochs, teacher=str(out / teacher), distill=mode, **recipe))
+            mode, teacher = DISTILLED[row]
+            runs.append(fit(f"{mode}-{teacher}-seed{seed}", "deit_tiny_distilled_patch16_224", seed, args.epochs,
+                            teacher=str(out / f"teacher-{teacher}"), distill=mode, **recipe))
     students: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
-    for (_, row), metrics in zip(grid, common.train_all(runs, jobs=jobs)):
+    for (_, row), metrics in zip(grid, common.train_all(runs, jobs=args.jobs)):
         students[row].append(metrics)
     results = summarize(teachers, students, args, seeds)
     return common.finish(results, out, NAME, log=log, difference="%+.2f points",

@@ -142,7 +142,7 @@ def train_models(names: dict[str, str], args: argparse.Namespace, out: Path, dat
     done = common.train_all([dict(model=names[label], data=data, out=out / f"{label.lower()}-seed{seed}",
                                   epochs=args.vit_epochs if label == "ViT" else args.epochs, seed=seed,
                                   img_size=args.img_size, quick=args.quick)
-                             for label, seed in todo], jobs=1 if args.quick else args.jobs)
+                             for label, seed in todo], jobs=args.jobs)
     metrics.update(zip(todo, done))
     return metrics
 
