@@ -56,6 +56,31 @@ def test_quick_study_reports_every_corruption_for_three_models(quick_all):
     assert [c["verdict"] for c in saved["claims"]] == [SMOKE_TEST, SMOKE_TEST]
 
 
+def test_evaluations_in_parallel_processes_give_the_numbers_of_the_quick_run(quick_all):
+    """evaluate_seeds with --jobs 2 (each model's corruptions and each seed's attacks in spawned processes) gives
+    the per-seed numbers that the quick study computed in turn."""
+    from vitlab.data import build_data
+    from vitlab.studies.robustness import evaluate_seeds
+
+    out, _ = quick_all
+    saved = json.loads((out / "robustness" / "robustness.json").read_text())
+    folder = next((out / "robustness").glob("quick-data*"))
+    args = argparse.Namespace(quick=False, jobs=2, attack_images=8, pgd_steps=2, repeats=1)
+    data = build_data(str(folder), saved["img_size"])
+    images = torch.stack([data.val[i][0] for i in range(24)]).float() / 255.0
+    names = {m: saved["per_seed"][0]["models"][m]["name"] for m in ("ViT", "ResNet", "hybrid")}
+    trained = {(m, s): {"val_top1": saved["per_seed"][0]["models"][m]["train_val_top1"]} for m in names
+               for s in saved["seeds"]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)                                # one thread per process, as in the quick run
+    try:
+        again = evaluate_seeds(names, trained, out / "robustness", images, data.val.labels[:24], args,
+                               saved["seeds"])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(json.dumps(again)) == saved["per_seed"]
+
+
 def test_attacks_run_on_the_images_every_model_gets_right():
     torch.manual_seed(0)
     x = torch.rand(32, 3, 4, 4)
@@ -85,11 +110,11 @@ def test_kept_and_claims_on_numbers_worked_by_hand():
     assert kept(per_seed, "ViT", "patch_drop") == pytest.approx([0.625, 0.6])
     assert kept(per_seed, "ResNet", "patch_drop") == pytest.approx([0.3, 0.35])
     assert kept(per_seed, "ViT", "pgd") == pytest.approx([0.3, 0.2])            # attacks: out of 100% matched
-    args = argparse.Namespace(quick=False, data="shapes", img_size=32, epochs=1, vit_epochs=2,
+    args = argparse.Namespace(quick=False, data="shapes", img_size=32, epochs=1, vit_epochs=2, hybrid_epochs=3,
                               out="runs/study-robustness")
     results = summarize(per_seed, args, [0, 1], 10)
     drop, adversarial = results["claims"]
-    assert (results["epochs"], results["vit_epochs"]) == (1, 2)
+    assert (results["epochs"], results["vit_epochs"], results["hybrid_epochs"]) == (1, 2, 3)
     # drop differences 0.325, 0.25: mean 0.2875, se 0.0375 -> reproduced
     assert drop["difference"] == pytest.approx(0.2875) and drop["standard_error"] == pytest.approx(0.0375)
     assert drop["verdict"] == REPRODUCED

@@ -45,3 +45,18 @@ def test_jobs_argument_is_checked_and_defaults_to_the_cores():
     assert p.parse_args(["--jobs", "2"]).jobs == 2
     with pytest.raises(SystemExit):
         p.parse_args(["--jobs", "0"])
+
+
+def test_parallel_runs_of_another_training_function(tmp_path, one_thread):
+    """fn= trains with a function other than the studies' recipe (the DINO study's own configs), in processes too:
+    the same DINO metrics as in turn, and the entropy differs between the two seeds."""
+    from vitlab.studies.dino import train_config
+
+    def runs(root):
+        return [dict(model="dino_vit_micro_patch4_32", data="scenes:8", out=str(root / f"dino-{seed}"), epochs=1,
+                     batch_size=4, seed=seed, report=False) for seed in (0, 1)]
+    in_turn = common.train_all(runs(tmp_path / "a"), jobs=1, fn=train_config)
+    parallel = common.train_all(runs(tmp_path / "b"), jobs=2, fn=train_config)
+    keys = ("teacher_entropy", "teacher_kl_uniform", "val_knn_top1", "top_prototype_share")
+    assert [[m[k] for k in keys] for m in parallel] == [[m[k] for k in keys] for m in in_turn]
+    assert in_turn[0]["teacher_entropy"] != in_turn[1]["teacher_entropy"]

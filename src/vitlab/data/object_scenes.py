@@ -1,7 +1,8 @@
 """Single-object `scenes` as a labelled image set: one shape per image, labelled by its shape, with its mask.
 
 The data spec `scenes` (or `scenes:N` for N training images; `,background=plain` for one grey level per image
-in place of the textured backgrounds) in vitlab.data.build_data: `scenes` images
+in place of the textured backgrounds; `,objects=large` for twice the radii, scenes.LARGE_SIZE_CLASSES: the object
+spans 4-6 patches of 8 px at 64 px instead of 2-4) in vitlab.data.build_data: `scenes` images
 (vitlab.data.scenes, textured backgrounds, colour jitter, small/large objects) with exactly one object each, so an
 image has one class (its shape) and one ground-truth object mask: what DINO's emergent segmentation is measured
 against. Each ImageSet carries `masks` (N, S, S) bool beside its images.
@@ -13,19 +14,23 @@ from __future__ import annotations
 
 from ..errors import VitlabError
 from .imageset import DataBundle, ImageSet
-from .scenes import BACKGROUNDS, build_scenes
+from .scenes import BACKGROUNDS, LARGE_SIZE_CLASSES, SIZE_CLASSES, build_scenes
 from .shapes import SHAPE_CLASSES
 
 DEFAULT_TRAIN, DEFAULT_VAL = 2000, 500
+OBJECT_SIZES = {"default": SIZE_CLASSES, "large": LARGE_SIZE_CLASSES}   # the spec's objects= values
 
 
 def build_object_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = DEFAULT_TRAIN,
-                        n_val: int | None = None, background: str = "textured") -> DataBundle:
+                        n_val: int | None = None, background: str = "textured",
+                        objects: str = "default") -> DataBundle:
     """Train and val single-object scenes (val: n_val, default n_train // 4, at least 1) on `background`
-    ("textured" or "plain", vitlab.data.scenes.BACKGROUNDS)."""
+    ("textured" or "plain", vitlab.data.scenes.BACKGROUNDS), objects of the OBJECT_SIZES entry `objects`."""
+    if objects not in OBJECT_SIZES:
+        raise VitlabError(f"scenes objects must be one of {', '.join(OBJECT_SIZES)}, got {objects!r}")
     n_val = max(1, n_train // 4) if n_val is None else n_val
     train, val = build_scenes(image_size, seed=seed, n_train=n_train, n_val=n_val, max_objects=1,
-                              background=background)
+                              background=background, size_classes=OBJECT_SIZES[objects])
     sets = []
     for scenes in (train, val):
         labels = [objects[0].label for objects in scenes.objects]
@@ -36,20 +41,23 @@ def build_object_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = D
                       source_size=f"{image_size}x{image_size}")
 
 
-def parse_scenes_spec(spec: str) -> tuple[int, str]:
-    """`scenes[:N][,background=B]` -> (N training images, default DEFAULT_TRAIN; background, default textured)."""
-    usage = (f"data spec {spec!r}: expected scenes, scenes:N or scenes:N,background=textured|plain (N a positive "
-             "number of training images)")
+def parse_scenes_spec(spec: str) -> tuple[int, str, str]:
+    """`scenes[:N][,background=B][,objects=O]` -> (N training images, default DEFAULT_TRAIN; background, default
+    textured; objects, default "default")."""
+    usage = (f"data spec {spec!r}: expected scenes, scenes:N or scenes:N,background=textured|plain,objects=large "
+             "(N a positive number of training images; each option at most once)")
     head, *options = spec.split(",")
-    n_train, background = DEFAULT_TRAIN, "textured"
+    n_train, chosen = DEFAULT_TRAIN, {"background": "textured", "objects": "default"}
+    allowed = {"background": BACKGROUNDS, "objects": OBJECT_SIZES}
     if head != "scenes":
         count = head.removeprefix("scenes:")
         if not head.startswith("scenes:") or not count.isdigit() or int(count) < 1:
             raise VitlabError(usage)
         n_train = int(count)
+    keys = [option.partition("=")[0] for option in options]
     for option in options:
         key, _, value = option.partition("=")
-        if key != "background" or value not in BACKGROUNDS or len(options) > 1:
+        if key not in allowed or value not in allowed[key] or keys.count(key) > 1:
             raise VitlabError(usage)
-        background = value
-    return n_train, background
+        chosen[key] = value
+    return n_train, chosen["background"], chosen["objects"]

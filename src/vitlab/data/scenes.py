@@ -35,6 +35,9 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 # Radius (centre to farthest point of the shape) as a fraction of the image side, per size class.
 SIZE_CLASSES: dict[str, tuple[float, float]] = {"small": (0.08, 0.11), "large": (0.15, 0.20)}
+# Twice the radii, for single-object scenes whose object must span several 8 px patches at 64 px (2-4 patches
+# across at SIZE_CLASSES, 4-6 here); the names stay, so a caption still says which of the two an object is.
+LARGE_SIZE_CLASSES: dict[str, tuple[float, float]] = {"small": (0.16, 0.22), "large": (0.30, 0.40)}
 CATEGORY_IDS = list(range(1, len(SHAPE_CLASSES) + 1))  # COCO category id of each class index, in SHAPE_CLASSES order
 MIN_IMAGE_SIZE = 16
 
@@ -91,10 +94,12 @@ class Scenes:
 
 def build_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = 2000, n_val: int = 500,
                  max_objects: int = 3, train_objects: tuple[int, int] | None = None,
-                 background: str = "textured") -> tuple[Scenes, Scenes]:
+                 background: str = "textured",
+                 size_classes: dict[str, tuple[float, float]] = SIZE_CLASSES) -> tuple[Scenes, Scenes]:
     """Train and val scenes, each from its own stream of seed. Objects per image: uniform in 1..max_objects, or
     in train_objects = (least, most) for the training split alone (val keeps 1..max_objects). background:
-    "textured" (textured_background) or "plain" (plain_background: one grey level per image)."""
+    "textured" (textured_background) or "plain" (plain_background: one grey level per image). size_classes: the
+    radius range (fraction of the side) of each size name, SIZE_CLASSES or LARGE_SIZE_CLASSES."""
     _check_args(image_size, n_train, n_val, max_objects)
     if background not in BACKGROUNDS:
         raise VitlabError(f"scenes background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
@@ -103,9 +108,9 @@ def build_scenes(image_size: int = 64, *, seed: int = 0, n_train: int = 2000, n_
     if isinstance(least, bool) or not isinstance(least, int) or not 1 <= least <= most:
         raise VitlabError(f"scenes training object counts must be integers 1 <= least <= most, got {train_objects}")
     train = generate_scenes(n_train, image_size, np.random.default_rng([seed % 2**64, _TRAIN_STREAM]), most,
-                            min_objects=least, background=background)
+                            min_objects=least, background=background, size_classes=size_classes)
     val = generate_scenes(n_val, image_size, np.random.default_rng([seed % 2**64, _VAL_STREAM]), max_objects,
-                          background=background)
+                          background=background, size_classes=size_classes)
     return train, val
 
 
@@ -134,17 +139,18 @@ def scenes_detection_set(scenes: Scenes) -> DetectionSet:
 
 
 def generate_scenes(n: int, image_size: int, rng: np.random.Generator, max_objects: int = 3,
-                    min_objects: int = 1, background: str = "textured") -> Scenes:
+                    min_objects: int = 1, background: str = "textured",
+                    size_classes: dict[str, tuple[float, float]] = SIZE_CLASSES) -> Scenes:
     """n scenes of size image_size drawn from rng, one image after another (so a prefix does not depend on n);
     min_objects..max_objects objects each (uniform; an object with no free place is left out); background is a
-    key of BACKGROUNDS."""
+    key of BACKGROUNDS; size_classes maps each size name to its radius range (fraction of the side)."""
     S = image_size
     draw_background = BACKGROUNDS[background]
     images = torch.empty(n, 3, S, S, dtype=torch.uint8)
     semantic = torch.zeros(n, S, S, dtype=torch.uint8)
     all_objects, all_boxes, all_masks, captions = [], [], [], []
     for i in range(n):
-        objects = sample_objects(rng, S, int(rng.integers(min_objects, max_objects + 1)))
+        objects = sample_objects(rng, S, int(rng.integers(min_objects, max_objects + 1)), size_classes)
         field = draw_background(rng, S)  # (S, S, 3) float32
         image, visible = render_objects(field, objects)
         keep = visible.any(axis=(1, 2))  # an object too small to cover half a pixel anywhere is left out
@@ -163,7 +169,8 @@ def generate_scenes(n: int, image_size: int, rng: np.random.Generator, max_objec
     return Scenes(S, images, all_objects, all_boxes, all_masks, semantic, captions)
 
 
-def sample_objects(rng: np.random.Generator, image_size: int, count: int) -> list[ObjectSpec]:
+def sample_objects(rng: np.random.Generator, image_size: int, count: int,
+                   size_classes: dict[str, tuple[float, float]] = SIZE_CLASSES) -> list[ObjectSpec]:
     """Up to count objects fully inside the image, redrawing a position that overlaps an earlier object much.
     An object that finds no free place in _PLACEMENT_TRIES draws is left out (the first one always fits)."""
     S = image_size
@@ -172,8 +179,8 @@ def sample_objects(rng: np.random.Generator, image_size: int, count: int) -> lis
     for _ in range(count):
         shape = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
         colour = colours[int(rng.integers(len(colours)))]
-        size = list(SIZE_CLASSES)[int(rng.integers(len(SIZE_CLASSES)))]
-        radius = float(rng.uniform(*SIZE_CLASSES[size])) * S
+        size = list(size_classes)[int(rng.integers(len(size_classes)))]
+        radius = float(rng.uniform(*size_classes[size])) * S
         angle = float(rng.uniform(0, 2 * math.pi))
         rgb = tuple(float(c) for c in np.clip(np.array(PALETTE[colour]) + rng.normal(0, _COLOUR_JITTER, 3), 0, 255))
         for _ in range(_PLACEMENT_TRIES):

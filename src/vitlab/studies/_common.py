@@ -124,17 +124,20 @@ def add_jobs_argument(p: argparse.ArgumentParser) -> None:
                         "process. The numbers do not depend on it")
 
 
-def train_all(runs: Sequence[Mapping[str, Any]], jobs: int = 1) -> list[dict[str, Any]]:
-    """[train(**run) for run in runs]: the metrics of each run, in the order given.
+def train_all(runs: Sequence[Mapping[str, Any]], jobs: int = 1,
+              fn: Callable[..., dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """[fn(**run) for run in runs] (fn: `train`, the studies' recipe, unless given; a module-level function, so
+    that a spawned process can import it): the metrics of each run, in the order given.
 
     jobs > 1 trains min(jobs, len(runs)) at a time, each in a fresh (spawned) process with this process's torch
     threads divided among them (at least 1). The runs must not read each other's output. A run is seeded by its
     own config and its data order does not depend on the process, so the results are those of jobs=1 at the same
     thread count; a failed run raises here once the runs already started have ended."""
     runs = [dict(run) for run in runs]
+    fn = fn or train
     jobs = min(jobs, len(runs))
     if jobs <= 1:
-        return [train(**run) for run in runs]
+        return [fn(**run) for run in runs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -142,10 +145,11 @@ def train_all(runs: Sequence[Mapping[str, Any]], jobs: int = 1) -> list[dict[str
 
     threads = max(1, torch.get_num_threads() // jobs)
     level = logging.getLogger().getEffectiveLevel()
-    log.info("training %d runs, %d at a time (%d thread%s each)", len(runs), jobs, threads, "s" * (threads > 1))
+    log.info("%s: %d runs, %d at a time (%d thread%s each)", fn.__name__, len(runs), jobs, threads,
+             "s" * (threads > 1))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
                              initargs=(threads, level)) as pool:
-        return list(pool.map(_train_one, runs))
+        return list(pool.map(_call, [fn] * len(runs), runs))
 
 
 def _worker_setup(threads: int, level: int) -> None:
@@ -155,8 +159,8 @@ def _worker_setup(threads: int, level: int) -> None:
     logging.basicConfig(level=level, format="%(message)s")
 
 
-def _train_one(run: dict[str, Any]) -> dict[str, Any]:
-    return train(**run)
+def _call(fn: Callable[..., dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    return fn(**run)
 
 
 def vit_init(model: str) -> dict[str, Any]:

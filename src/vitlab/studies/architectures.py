@@ -49,11 +49,11 @@ REFERENCE = "ViT / DeiT"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="shapes", type=text_arg, help="data spec all models use (default shapes)")
     p.add_argument("--img-size", type=int_arg(at_least=8), default=32, help="input side of every model")
-    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=200, help="shapes training images per class")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=8, help="epochs of every model (the same budget)")
+    p.add_argument("--train-per-class", type=int_arg(at_least=1), default=500, help="shapes training images per class")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=10, help="epochs of every model (the same budget)")
     p.add_argument("--batch-size", type=int_arg(at_least=1), default=32, help="batch of the throughput timing")
     p.add_argument("--repeats", type=int_arg(at_least=1), default=3, help="timed passes per round (the best)")
-    common.add_objects_argument(p, default="small")   # the committed run's setting (RUNS.md)
+    common.add_objects_argument(p)
     common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..checks import float_arg, int_arg, parse_model_args, text_arg
 from ..io import atomic_path
-from ._common import finish
+from ._common import add_jobs_argument, finish, train_all
 from .verdict import compare, format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "backbone_weight_init also reaches the supervised model")
     p.add_argument("--background", choices=("textured", "plain"), default="textured",
                    help="the scenes' background (data spec scenes:N,background=plain); default textured")
+    p.add_argument("--objects", choices=("default", "large"), default="default",
+                   help="object radii: default (scenes' small/large, 2-4 patches of 8 px across at 64 px) or large "
+                        "(twice the radii, 4-6 patches: data spec scenes:N,objects=large)")
+    add_jobs_argument(p)
     p.add_argument("--quick", action="store_true", help="32 px, a few images, one epoch: a smoke test, no verdict")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..errors import VitlabError
     from ..registry import create_model, default_config
-    from ..train import TrainConfig, run_training
+    from ..train import TrainConfig
 
     dino_name = "dino_vit_micro_patch4_32" if args.quick else args.model
     dino_args = parse_model_args(args.model_arg)
@@ -76,19 +80,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     supervised_args = {"weight_init": cfg["backbone_weight_init"]} if cfg.get("backbone_weight_init") else {}
     n_train = 32 if args.quick else args.train_images
     epochs, batch = (1, 16) if args.quick else (args.epochs, args.batch_size)
-    data = f"scenes:{n_train}" + (",background=plain" if args.background == "plain" else "")
+    data = scenes_spec(n_train, args.background, args.objects)
     seeds = [args.seed + i for i in range(args.seeds)]
-    per_seed = []
+    configs = {}
     for seed in seeds:
         common = dict(data=data, epochs=epochs, batch_size=batch, lr=args.lr, seed=seed, img_size=size,
                       warmup_epochs=min(1.0, epochs / 5))
-        dino_cfg = TrainConfig(model=dino_name, out=str(out / f"dino-seed{seed}"), model_args=dino_args, **common)
-        sup_cfg = TrainConfig(model=supervised_name, out=str(out / f"supervised-seed{seed}"),
-                              model_args=supervised_args, **common)
-        log.info("%s: seed %d: DINO (%s), then supervised (%s), %d epochs each", NAME, seed, dino_name,
-                 supervised_name, epochs)
-        dino_metrics = run_training(dino_cfg, overwrite=True)
-        sup_metrics = run_training(sup_cfg, overwrite=True)
+        configs["dino", seed] = dict(model=dino_name, out=str(out / f"dino-seed{seed}"), model_args=dino_args,
+                                     **common)
+        configs["supervised", seed] = dict(model=supervised_name, out=str(out / f"supervised-seed{seed}"),
+                                           model_args=supervised_args, **common)
+    TrainConfig(**configs["dino", seeds[0]])       # a bad setting is refused before anything trains
+    order = sorted(configs, key=lambda k: (k[0] != "dino", k[1]))    # the long DINO runs first
+    log.info("%s: seeds %s: DINO (%s) and supervised (%s), %d epochs each, %d at a time", NAME, seeds, dino_name,
+             supervised_name, epochs, args.jobs)
+    trained = dict(zip(order, train_all([configs[k] for k in order], jobs=1 if args.quick else args.jobs,
+                                        fn=train_config)))
+    per_seed = []
+    for seed in seeds:
+        dino_metrics, sup_metrics = trained["dino", seed], trained["supervised", seed]
+        dino_cfg = TrainConfig(**configs["dino", seed])
+        sup_cfg = TrainConfig(**configs["supervised", seed])
         row = {"seed": seed, "collapsed": dino_metrics["collapsed"],
                "teacher_entropy": dino_metrics["teacher_entropy"], "supervised_val_top1": sup_metrics["val_top1"],
                "dino_train_s": dino_metrics["wall_time_s"], "supervised_train_s": sup_metrics["wall_time_s"]}
@@ -111,6 +123,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "n/a" if results["claim"]["standard_error"] is None else f"{results['claim']['standard_error']:.3f}",
              results["claim"]["verdict"], results["knn_ratio"], KNN_TARGET)
     return results
+
+
+def scenes_spec(n_train: int, background: str, objects: str) -> str:
+    """The data spec of single-object scenes: scenes:N[,background=plain][,objects=large]."""
+    return (f"scenes:{n_train}" + (",background=plain" if background == "plain" else "")
+            + (",objects=large" if objects == "large" else ""))
+
+
+def train_config(**fields: Any) -> dict[str, Any]:
+    """run_training(TrainConfig(**fields)): one of the study's runs (module level, for train_all's processes)."""
+    from ..train import TrainConfig, run_training
+
+    return run_training(TrainConfig(**fields), overwrite=True)
 
 
 def raise_not_dino(name: str) -> None:
@@ -166,6 +191,7 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_nam
     ratio = table["dino"]["knn_top1_mean"] / sup_knn if sup_knn > 0 else float("nan")
     extra = "".join(f" --model-arg {item}" for item in args.model_arg)
     extra += " --background plain" if args.background == "plain" else ""
+    extra += " --objects large" if getattr(args, "objects", "default") == "large" else ""
     command = ("vitlab study dino --quick" + (f" --seeds {len(per_seed)}" if len(per_seed) != 2 else "") + extra
                if args.quick else
                f"vitlab study dino --model {dino_name} --train-images {args.train_images} --epochs {epochs} "
