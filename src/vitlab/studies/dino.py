@@ -13,6 +13,10 @@ supervised ViT is well past chance (~35% k-NN against 16.7%; at the earlier 1000
 ~22%): a Jaccard or k-NN comparison against a model that learned nothing says nothing. About 12 minutes per seed
 on one thread (DINO ~10, supervised ~2.5).
 
+The runs of all seeds are independent: --jobs of them train at a time, each in its own process with its share of
+the threads (the DINO runs first, they are the long ones). --objects large draws the objects at twice the radii
+(scenes:N,objects=large): 4-6 patches of 8 px across instead of 2-4.
+
     vitlab study dino                             # the full settings: 2 seeds, ~27 minutes on one thread
     vitlab study dino --model-arg teacher_temp=0.02 --model-arg warmup_teacher_temp=0.02 --background plain
     vitlab study dino --quick                     # a seconds-long smoke test, no verdict

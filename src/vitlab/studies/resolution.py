@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-sizes", type=int_list_arg(at_least=8), default=[16, 24, 32],
                    help="comma-separated test sizes of part 1's curve (the train and high sizes are added)")
     p.add_argument("--train-per-class", type=int_arg(at_least=1), default=500, help="shapes training images per class")
-    p.add_argument("--epochs", type=int_arg(at_least=1), default=20, help="epochs of every from-scratch run")
+    p.add_argument("--epochs", type=int_arg(at_least=1), default=40, help="epochs of every from-scratch run")
     p.add_argument("--finetune-epochs", type=int_arg(at_least=1), default=2, help="FixRes fine-tune epochs")
     p.add_argument("--finetune-lr", type=float_arg(above=0.0), default=1e-4,
                    help="fine-tune peak lr (the from-scratch runs use 5e-4)")
@@ -79,6 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="claim 2: accuracy points the fine-tuned model may be below the high-size one")
     p.add_argument("--vit", type=text_arg, default="vit_micro_patch4_32", help="ViT model (learned and sin-cos PE)")
     p.add_argument("--cpvt", type=text_arg, default="cpvt_micro_patch4_32", help="CPVT model (PEG)")
+    common.add_objects_argument(p)
+    common.add_jobs_argument(p)
     common.add_seed_arguments(p)
 
 
@@ -100,20 +102,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     accuracy: dict[str, list[dict[int, float]]] = {e: [] for e in ENCODINGS}
     fixres: dict[str, list[dict[str, Any]]] = {"fine-tuned": [], "low size": [], "high size": []}
     val_sets: dict[int, Any] = {}
-    for seed in seeds:
-        for encoding, (model, extra) in encoders.items():
-            run_dir = out / f"{folders[encoding]}-seed{seed}"
-            metrics = common.train(model, data, run_dir, epochs=args.epochs, seed=seed, img_size=args.train_size,
-                                   quick=args.quick, **extra)
-            if encoding == "learned PE":
-                fixres["low size"].append(metrics)
-            accuracy[encoding].append(accuracy_at_sizes(run_dir, data, sizes, val_sets))
-        fixres["fine-tuned"].append(common.train(
-            args.vit, data, out / f"finetune-seed{seed}", epochs=args.finetune_epochs, seed=seed,
-            img_size=args.high_size, quick=args.quick, checkpoint=str(out / f"learned-seed{seed}"),
-            lr=args.finetune_lr))
-        fixres["high size"].append(common.train(args.vit, data, out / f"high-seed{seed}", epochs=args.epochs,
-                                                seed=seed, img_size=args.high_size, quick=args.quick))
+    # from-scratch runs first (args.jobs at a time), then the fine-tunes, which start from the learned-PE runs
+    scratch = {(encoding, seed): dict(model=model, data=data, out=out / f"{folders[encoding]}-seed{seed}",
+                                      epochs=args.epochs, seed=seed, img_size=args.train_size, quick=args.quick,
+                                      **extra)
+               for seed in seeds for encoding, (model, extra) in encoders.items()}
+    scratch.update({("high size", seed): dict(model=args.vit, data=data, out=out / f"high-seed{seed}",
+                                              epochs=args.epochs, seed=seed, img_size=args.high_size,
+                                              quick=args.quick) for seed in seeds})
+    order = sorted(scratch, key=lambda k: (k[0] != "high size", k[1]))     # the high-size runs are the longest
+    trained = dict(zip(order, common.train_all([scratch[k] for k in order], jobs=args.jobs)))
+    tuned = common.train_all([dict(model=args.vit, data=data, out=out / f"finetune-seed{seed}",
+                                   epochs=args.finetune_epochs, seed=seed, img_size=args.high_size,
+                                   quick=args.quick, checkpoint=str(out / f"learned-seed{seed}"),
+                                   lr=args.finetune_lr) for seed in seeds], jobs=args.jobs)
+    for seed, finetuned in zip(seeds, tuned):
+        for encoding in encoders:
+            accuracy[encoding].append(accuracy_at_sizes(out / f"{folders[encoding]}-seed{seed}", data, sizes,
+                                                        val_sets))
+        fixres["low size"].append(trained["learned PE", seed])
+        fixres["fine-tuned"].append(finetuned)
+        fixres["high size"].append(trained["high size", seed])
     results = summarize(args, seeds, sizes, accuracy, fixres)
     return common.finish(results, out, NAME, log=log, plots={"resolution.png": lambda path: plot(results, path)},
                          difference="%+.3g")
@@ -121,11 +130,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolution_data(args: argparse.Namespace, out: Path, largest: int) -> str:
     """The data spec: shapes drawn once at the largest size (the docstring says why), or args.data as given."""
+    suffix = common.objects_suffix(args.objects)
     if args.quick:
-        return common.shapes_folder(out / "quick-data", largest, common.QUICK_TRAIN, common.QUICK_VAL)
+        return common.shapes_folder(out / f"quick-data{suffix}", largest, common.QUICK_TRAIN, common.QUICK_VAL,
+                                    objects=args.objects)
     if args.data == "shapes":
-        return common.shapes_folder(out / f"data-shapes{largest}-{args.train_per_class}", largest,
-                                    args.train_per_class, 100)
+        return common.shapes_folder(out / f"data-shapes{largest}-{args.train_per_class}{suffix}", largest,
+                                    args.train_per_class, 100, objects=args.objects)
     return args.data
 
 

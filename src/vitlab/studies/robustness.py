@@ -20,7 +20,7 @@ under patch drop" (mean relative accuracy over the drop fractions) and "ViT keep
 under PGD" (mean over the eps > 0).
 
     vitlab study robustness                 # shapes 32 px (large objects), 9000 images, 3 seeds, --jobs 2:
-                                            # ResNet and hybrid 8 epochs (2250 steps), the ViT 16: ~37 min
+                                            # ResNet 8 epochs (2250 steps), hybrid 4, the ViT 16: ~28 min
                                             # (the ViT family trains with the jax init, _common.vit_init; at 8
                                             # epochs the ViT reached 58.2%, just under the studies' floor)
     vitlab study robustness --reuse         # re-evaluate the models an earlier run trained in --out
