@@ -91,13 +91,13 @@ def test_cli_protocols_on_a_supervised_checkpoint_and_refusals(tmp_path, capsys)
 
 def test_study_quick_mode(tmp_path, capsys):
     assert main(["study", "dino", "--quick", "--seeds", "1", "--out", str(tmp_path / "s"), "--model-arg",
-                 "teacher_temp=0.02", "--background", "plain", "--objects", "large"]) == 0
+                 "teacher_temp=0.02", "--background", "plain", "--objects", "default"]) == 0
     r = json.loads((tmp_path / "s" / "dino.json").read_text())
     assert r["claim"]["verdict"].startswith("none") and set(r["table"]) == {"dino", "supervised", "untrained"}
-    assert r["dino_model_args"] == {"teacher_temp": 0.02} and r["data"] == "scenes:32,background=plain,objects=large"
-    assert r["command"].endswith("--model-arg teacher_temp=0.02 --background plain --objects large")
+    assert r["dino_model_args"] == {"teacher_temp": 0.02} and r["data"] == "scenes:32,background=plain"
+    assert r["command"].endswith("--model-arg teacher_temp=0.02 --background plain --objects default")
     saved = json.loads((tmp_path / "s" / "dino-seed0" / "config.json").read_text())["train"]
-    assert saved["model_args"] == {"teacher_temp": 0.02} and saved["data"] == "scenes:32,background=plain,objects=large"
+    assert saved["model_args"] == {"teacher_temp": 0.02} and saved["data"] == "scenes:32,background=plain"
     assert r["dino_above_untrained"]["verdict"].startswith("none")
     row = r["per_seed"][0]
     # the untrained row is the backbone at its seeded init: the same numbers again from a fresh build

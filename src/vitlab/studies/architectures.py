@@ -17,7 +17,9 @@ against the runner-up, paired over seeds. A gap larger than 2 SE is a clear winn
 few seeds (the JSON keeps the difference and its SE). If the best model is not above chance by 2 SE the verdict is
 "inconclusive". Accuracy per parameter or per image/s is shown in the figure, not judged.
 
-    vitlab study architectures                      # 6 models x 3 seeds, 8 epochs of 1200 images: ~11 min, 1 thread
+    vitlab study architectures                      # 5 models x 3 seeds, 10 epochs of 3000 large-object shapes:
+                                                    # ~25 min with --jobs 2 on 2 cores (the ViT's 940 steps put
+                                                    # ConvMixer, ConvNeXt and the Mixer past the studies' floor)
     vitlab study architectures --epochs 15 --seeds 5
     vitlab study architectures --quick              # 16 px, one epoch on 36 images: a smoke test (no verdict)
 """

@@ -14,8 +14,9 @@ supervised ViT is well past chance (~35% k-NN against 16.7%; at the earlier 1000
 on one thread (DINO ~10, supervised ~2.5).
 
 The runs of all seeds are independent: --jobs of them train at a time, each in its own process with its share of
-the threads (the DINO runs first, they are the long ones). --objects large draws the objects at twice the radii
-(scenes:N,objects=large): 4-6 patches of 8 px across instead of 2-4.
+the threads (the DINO runs first, they are the long ones). The objects are drawn at twice scenes' radii
+(--objects large, the default; data spec scenes:N,objects=large): 4-6 patches of 8 px across and ~16% of the
+image, so that a 60%-mass mask can overlap them; --objects default gives scenes' own (2-4 patches, ~4%).
 
     vitlab study dino                             # the full settings: 2 seeds, ~27 minutes on one thread
     vitlab study dino --model-arg teacher_temp=0.02 --model-arg warmup_teacher_temp=0.02 --background plain
@@ -55,9 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "backbone_weight_init also reaches the supervised model")
     p.add_argument("--background", choices=("textured", "plain"), default="textured",
                    help="the scenes' background (data spec scenes:N,background=plain); default textured")
-    p.add_argument("--objects", choices=("default", "large"), default="default",
-                   help="object radii: default (scenes' small/large, 2-4 patches of 8 px across at 64 px) or large "
-                        "(twice the radii, 4-6 patches: data spec scenes:N,objects=large)")
+    p.add_argument("--objects", choices=("default", "large"), default="large",
+                   help="object radii: large (the default: twice scenes' radii, 4-6 patches of 8 px across at 64 px, "
+                        "data spec scenes:N,objects=large) or default (scenes' own, 2-4 patches)")
     add_jobs_argument(p)
     p.add_argument("--quick", action="store_true", help="32 px, a few images, one epoch: a smoke test, no verdict")
 
@@ -195,7 +196,7 @@ def summarize(per_seed: list[dict[str, Any]], args: argparse.Namespace, dino_nam
     ratio = table["dino"]["knn_top1_mean"] / sup_knn if sup_knn > 0 else float("nan")
     extra = "".join(f" --model-arg {item}" for item in args.model_arg)
     extra += " --background plain" if args.background == "plain" else ""
-    extra += " --objects large" if getattr(args, "objects", "default") == "large" else ""
+    extra += " --objects default" if args.objects == "default" else ""
     command = ("vitlab study dino --quick" + (f" --seeds {len(per_seed)}" if len(per_seed) != 2 else "") + extra
                if args.quick else
                f"vitlab study dino --model {dino_name} --train-images {args.train_images} --epochs {epochs} "
