@@ -10,12 +10,12 @@ The patch stays 4 px, so a larger input gives more tokens, as in CPVT's 224 -> 3
 384, CPVT-Ti 72.4 -> 73.2. Claim 1 (paired over seeds): the accuracy drop from the training size to --high-size
 is smaller for the PEG than for the interpolated learned PE.
 
-Why 16 px: the budget (about 12 minutes for 3 seeds on 2 cores) pays for 5 runs per seed, one of them at the high
-size from scratch. At 32 px a micro ViT needs ~30 epochs of 3000 shapes to leave chance (README: ~47%); in 8
-epochs of 1800 it was still at chance (18%, one thread, measured). At 16 px, 20 epochs of 3000 cost ~43 s a run
-on one thread and reach about twice chance (learned PE 34%, sin-cos 33%, PEG 26%, one seed; chance 16.7%): past
-chance, far from converged. A model nearer chance has less to lose, so the table gives the accuracies beside the
-drops: read claim 1 with them.
+Why 16 px: the budget (at most 30 minutes for 3 seeds on 2 cores) pays for 5 runs per seed, one of them at the
+high size from scratch. At 32 px a micro ViT needs thousands of steps to pass the studies' floor. At 16 px, with the
+large objects (--objects large, as in robustness) and 40 epochs of 3000 images, the three reach 61-70% at the
+training size (measured: learned PE 63.5%, sin-cos 61.3%, PEG 70.0%; chance 16.7%) in ~18 minutes with --jobs 2.
+With the small objects and 20 epochs they stayed at 26-34%. A model nearer chance has less to lose, so the table
+gives the accuracies beside the drops: read claim 1 with them.
 
 Part 2 (FixRes / DeiT's 384 fine-tune). The learned-PE ViT of part 1 (--epochs at --train-size) is fine-tuned
 for --finetune-epochs at --high-size (position embedding interpolated once, at lr --finetune-lr), against the
@@ -32,7 +32,7 @@ only sampled more or less finely, as ImageNet photos are resized for a 224 or a 
 at each size instead would give different objects, noise and line widths per size, confounding resolution
 with a new test set.
 
-    vitlab study resolution                    # 3 seeds, 16 -> 24 px: ~12-13 min on one thread (estimated)
+    vitlab study resolution                    # 3 seeds, 16 -> 24 px: ~18 min with --jobs 2 on 2 cores
     vitlab study resolution --train-size 32 --high-size 48 --test-sizes 32,48,64 --epochs 30   # ~1 h
     vitlab study resolution --quick            # 16 -> 32 px, one epoch on 36 images: a smoke test (no verdict)
 """
