@@ -199,30 +199,31 @@ def test_scenes_spec_with_background():
     assert parse_scenes_spec("scenes") == (2000, "textured", "default")
     assert parse_scenes_spec("scenes:12,background=plain") == (12, "plain", "default")
     assert parse_scenes_spec("scenes,background=textured") == (2000, "textured", "default")
-    assert parse_scenes_spec("scenes:12,objects=large,background=plain") == (12, "plain", "large")
+    assert parse_scenes_spec("scenes:12,object_size=large,background=plain") == (12, "plain", "large")
     bundle = build_data("scenes:12,background=plain", 32)
     assert len(bundle.train) == 12 and len(bundle.val) == 3 and bundle.train.masks.shape == (12, 32, 32)
     for bad in ("scenes:0", "scenes:12,background=grass", "scenes:12,size=large", "scenes:x",
-                "scenes:4,background=plain,background=plain", "scenes:4,objects=huge",
-                "scenes:4,objects=large,objects=large", "scenes:4,objects=default,background=plain,x=1"):
-        with pytest.raises(VitlabError, match=r"expected scenes, scenes:N or scenes:N,background=textured\|plain"):
+                "scenes:4,background=plain,background=plain", "scenes:4,object_size=huge", "scenes:4,objects=large",
+                "scenes:4,object_size=large,object_size=large", "scenes:4,object_size=default,background=plain,x=1"):
+        with pytest.raises(VitlabError, match=r"expected scenes or scenes:N, then optionally "
+                                              r",background=textured\|plain and ,object_size=default\|large"):
             parse_scenes_spec(bad)
 
 
 def test_scenes_large_objects():
-    """objects=large doubles the radii: same shapes, colours and labels from the same stream, ~4x the area."""
+    """object_size=large doubles the radii: same shapes, colours and labels from the same stream, ~4x the area."""
     from vitlab.data.object_scenes import build_object_scenes
 
     default = build_object_scenes(64, seed=2, n_train=200, n_val=4)
-    large = build_object_scenes(64, seed=2, n_train=200, n_val=4, objects="large")
+    large = build_object_scenes(64, seed=2, n_train=200, n_val=4, object_size="large")
     assert large.train.labels.tolist() == default.train.labels.tolist()   # radii come after the shape draw
     ratio = float(large.train.masks.float().mean() / default.train.masks.float().mean())
     assert 3.0 < ratio < 5.0, ratio                     # E[r^2] of the ranges gives 4.0 (measured 3.9)
     for masks in (large.train.masks, default.train.masks):
         assert masks.flatten(1).any(1).all()                              # every image keeps its object
-    assert build_data_spec_area("scenes:40,objects=large") > 2.5 * build_data_spec_area("scenes:40")
-    with pytest.raises(VitlabError, match="scenes objects must be one of default, large, got 'huge'"):
-        build_object_scenes(32, n_train=4, objects="huge")
+    assert build_data_spec_area("scenes:40,object_size=large") > 2.5 * build_data_spec_area("scenes:40")
+    with pytest.raises(VitlabError, match="scenes object_size must be one of default, large, got 'huge'"):
+        build_object_scenes(32, n_train=4, object_size="huge")
 
 
 def build_data_spec_area(spec: str) -> float:

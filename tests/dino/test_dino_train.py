@@ -83,7 +83,9 @@ def test_cli_protocols_on_a_supervised_checkpoint_and_refusals(tmp_path, capsys)
     assert code == 2 and err.strip() == ("vitlab: error: --ema: dino_vit_micro_patch4_32 is a DINO model; its "
                                          "teacher is already the EMA of the student") or "--ema: dino" in err
     assert main(["eval", "--protocol", "knn", "--checkpoint", str(tmp_path / "sup"), "--data", "scenes:x"]) == 2
-    assert "expected scenes, scenes:N or scenes:N,background=textured|plain (N a positive" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("vitlab eval: error: data spec 'scenes:x': expected scenes or scenes:N, then "
+                                       "optionally ,background=textured|plain and ,object_size=default|large (N a "
+                                       "positive number of training images; each option at most once)\n")
     with pytest.raises(VitlabError, match="--protocol must be one of knn, linear"):
         from vitlab.eval_protocols import evaluate_protocol
         evaluate_protocol(str(tmp_path / "sup"), "scenes:8", "svm")

@@ -33,8 +33,9 @@ def build_data(spec: str, image_size: int, *, val_fraction: float = 0.25, seed: 
     if spec == "scenes" or spec.startswith(("scenes:", "scenes,")):   # single-object scenes labelled by shape
         from .object_scenes import build_object_scenes, parse_scenes_spec
 
-        n_train, background, objects = parse_scenes_spec(spec)
-        return build_object_scenes(image_size, seed=seed, n_train=n_train, background=background, objects=objects)
+        n_train, background, object_size = parse_scenes_spec(spec)
+        return build_object_scenes(image_size, seed=seed, n_train=n_train, background=background,
+                                   object_size=object_size)
     if spec == "numbers-en-fr" or spec.startswith("parallel:"):
         raise VitlabError(f"{spec} is text for translation: train a translation model on it (vitlab models "
                           "'transformer_*')")

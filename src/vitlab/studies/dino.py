@@ -15,7 +15,7 @@ on one thread (DINO ~10, supervised ~2.5).
 
 The runs of all seeds are independent: --jobs of them train at a time, each in its own process with its share of
 the threads (the DINO runs first, they are the long ones). The objects are drawn at twice scenes' radii
-(--objects large, the default; data spec scenes:N,objects=large): 4-6 patches of 8 px across and ~16% of the
+(--objects large, the default; data spec scenes:N,object_size=large): 4-6 patches of 8 px across and ~16% of the
 image, so that a 60%-mass mask can overlap them; --objects default gives scenes' own (2-4 patches, ~4%).
 
     vitlab study dino                             # the full settings: 2 seeds, ~27 minutes on one thread
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the scenes' background (data spec scenes:N,background=plain); default textured")
     p.add_argument("--objects", choices=("default", "large"), default="large",
                    help="object radii: large (the default: twice scenes' radii, 4-6 patches of 8 px across at 64 px, "
-                        "data spec scenes:N,objects=large) or default (scenes' own, 2-4 patches)")
+                        "data spec scenes:N,object_size=large) or default (scenes' own, 2-4 patches)")
     add_jobs_argument(p)
     p.add_argument("--quick", action="store_true", help="32 px, a few images, one epoch: a smoke test, no verdict")
 
@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scenes_spec(n_train: int, background: str, objects: str) -> str:
-    """The data spec of single-object scenes: scenes:N[,background=plain][,objects=large]."""
+    """The data spec of single-object scenes: scenes:N[,background=plain][,object_size=large]."""
     return (f"scenes:{n_train}" + (",background=plain" if background == "plain" else "")
-            + (",objects=large" if objects == "large" else ""))
+            + (",object_size=large" if objects == "large" else ""))
 
 
 def train_config(**fields: Any) -> dict[str, Any]:
