@@ -104,13 +104,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_seed = []
     for seed in seeds:
         dino_metrics, sup_metrics = trained["dino", seed], trained["supervised", seed]
-        dino_cfg = TrainConfig(**configs["dino", seed])
-        sup_cfg = TrainConfig(**configs["supervised", seed])
         row = {"seed": seed, "collapsed": dino_metrics["collapsed"],
                "teacher_entropy": dino_metrics["teacher_entropy"], "supervised_val_top1": sup_metrics["val_top1"],
                "dino_train_s": dino_metrics["wall_time_s"], "supervised_train_s": sup_metrics["wall_time_s"]}
-        row.update(measure(dino_cfg.out, sup_cfg.out, data, size, seed, untrained=(supervised_name,
-                                                                                   supervised_args)))
+        row.update(measure(configs["dino", seed]["out"], configs["supervised", seed]["out"], data, size, seed,
+                           untrained=(supervised_name, supervised_args)))
         per_seed.append(row)
         log.info("%s: seed %d: k-NN DINO %.1f%% vs supervised %.1f%%; Jaccard DINO %.3f vs supervised %.3f",
                  NAME, seed, row["dino"]["knn_top1"], row["supervised"]["knn_top1"],

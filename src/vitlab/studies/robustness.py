@@ -145,10 +145,10 @@ def evaluate_seeds(names: dict[str, str], trained: dict[tuple[str, int], dict[st
     run = {(label, seed): str(out / f"{label.lower()}-seed{seed}") for label in names for seed in seeds}
     patches = {seed: pixel_patch_size(load_model(run["ViT", seed])) for seed in seeds}
     tasks = {}
+    attacked_images, attacked_labels = images[:args.attack_images], labels[:args.attack_images]
     for seed in seeds:
-        attack = (images[:args.attack_images], labels[:args.attack_images])
-        tasks["attack", seed] = dict(run_dirs={label: run[label, seed] for label in names}, images=attack[0],
-                                     labels=attack[1], patch=patches[seed], args=args, seed=seed, attack=True)
+        tasks["attack", seed] = dict(run_dirs={label: run[label, seed] for label in names}, images=attacked_images,
+                                     labels=attacked_labels, patch=patches[seed], args=args, seed=seed, attack=True)
         for label in names:
             tasks[label, seed] = dict(run_dirs={label: run[label, seed]}, images=images, labels=labels,
                                       patch=patches[seed], args=args, seed=seed)
