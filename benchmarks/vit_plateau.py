@@ -66,5 +66,6 @@ def fit(model: torch.nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Te
         print(f"epoch {epoch} step {step} train_loss {total / seen:.3f} val_top1 {acc:.3f} "
               f"t {time.time() - t0:.0f}s", flush=True)
 
+
 if __name__ == "__main__":
     main()

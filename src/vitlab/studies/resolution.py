@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    lr=args.finetune_lr) for seed in seeds], jobs=args.jobs)
     for seed, finetuned in zip(seeds, tuned):
         for encoding in encoders:
-            accuracy[encoding].append(accuracy_at_sizes(out / f"{folders[encoding]}-seed{seed}", data, sizes,
-                                                        val_sets))
+            accuracy[encoding].append(accuracy_at_sizes(scratch[encoding, seed]["out"], data, sizes, val_sets))
         fixres["low size"].append(trained["learned PE", seed])
         fixres["fine-tuned"].append(finetuned)
         fixres["high size"].append(trained["high size", seed])

@@ -122,14 +122,14 @@ def train_models(names: dict[str, str], args: argparse.Namespace, out: Path, dat
     # last runs to start are the ResNet's short ones and no core idles at the end for long
     for label in sorted(names, key=("ViT", "hybrid", "ResNet").index):
         for seed in seeds:
-            path = out / f"{label.lower()}-seed{seed}" / "metrics.json"
+            path = run_dir(out, label, seed) / "metrics.json"
             if getattr(args, "reuse", False) and path.is_file():
                 metrics[label, seed] = json.loads(path.read_text())
                 log.info("%s: reusing %s (%s epochs, val top-1 %.1f%%)", NAME, path.parent,
                          metrics[label, seed]["epochs"], metrics[label, seed]["val_top1"])
             else:
                 todo.append((label, seed))
-    done = common.train_all([dict(model=names[label], data=data, out=out / f"{label.lower()}-seed{seed}",
+    done = common.train_all([dict(model=names[label], data=data, out=run_dir(out, label, seed),
                                   epochs={"ViT": args.vit_epochs, "hybrid": args.hybrid_epochs}.get(label, args.epochs),
                                   seed=seed,
                                   img_size=args.img_size, quick=args.quick)
@@ -138,11 +138,16 @@ def train_models(names: dict[str, str], args: argparse.Namespace, out: Path, dat
     return metrics
 
 
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    """The run directory of model `label` ("ViT", "ResNet", "hybrid") at `seed`."""
+    return out / f"{label.lower()}-seed{seed}"
+
+
 def evaluate_seeds(names: dict[str, str], trained: dict[tuple[str, int], dict[str, Any]], out: Path,
                    images: Tensor, labels: Tensor, args: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
     """Per seed: every model under every corruption (evaluate_all) and the matched attacks (attack_matched), as
     args.jobs processes at a time (common.train_all with evaluate_task; the hybrid's tasks, the slowest, first)."""
-    run = {(label, seed): str(out / f"{label.lower()}-seed{seed}") for label in names for seed in seeds}
+    run = {(label, seed): str(run_dir(out, label, seed)) for label in names for seed in seeds}
     patches = {seed: pixel_patch_size(load_model(run["ViT", seed])) for seed in seeds}
     tasks = {}
     attacked_images, attacked_labels = images[:args.attack_images], labels[:args.attack_images]
