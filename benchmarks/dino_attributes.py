@@ -6,10 +6,11 @@ nothing sits at each label's untrained level; one that learned a nuisance attrib
 shape.
 
     python benchmarks/dino_attributes.py RUN [RUN ...] [--train-images 8000] [--untrained vit_micro_patch8_64]
-                                         [--background textured|plain]
+                                         [--background textured|plain] [--objects default|large]
 
-Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain]` as `vitlab train`
-builds it (seed 0, N train / N // 4 val, 64 px); the memory bank is the train split, the queries the val split.
+Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain][,object_size=large]`
+as `vitlab train` builds it (seed 0, N train / N // 4 val, 64 px); the memory bank is the train split, the queries
+the val split.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 import vitlab
 from vitlab.checkpoint import load_model
 from vitlab.data.imageset import ImageSet
+from vitlab.data.object_scenes import OBJECT_SIZES
 from vitlab.data.scenes import PALETTE, SIZE_CLASSES, build_scenes
 from vitlab.data.shapes import SHAPE_CLASSES
 from vitlab.eval_protocols import extract_features, knn_top1
@@ -64,10 +66,12 @@ def main() -> None:
     p.add_argument("--untrained", action="append", default=[], help="registered model to score at init")
     p.add_argument("--background", default="textured", choices=["textured", "plain"],
                    help="the scenes' background (data spec scenes:N,background=plain)")
+    p.add_argument("--objects", default="default", choices=sorted(OBJECT_SIZES),
+                   help="the objects' sizes (data spec scenes:N,object_size=large)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     train, val = build_scenes(64, seed=0, n_train=args.train_images, n_val=max(1, args.train_images // 4),
-                              max_objects=1, background=args.background)
+                              max_objects=1, background=args.background, size_classes=OBJECT_SIZES[args.objects])
     rows = []
     for run in args.runs:
         rows.append({"model": run, **measure(load_model(run).eval(), train, val)})

@@ -15,9 +15,9 @@ NAME = "dino_vit_micro_patch4_32"
 SMALL = dict(out_dim=16, hidden_dim=32, bottleneck_dim=8)
 
 
-def _trained_like(seed=0):
+def _trained_like(seed=0, **kw):
     torch.manual_seed(seed)
-    model = vitlab.create_model(NAME, **SMALL).eval()
+    model = vitlab.create_model(NAME, **SMALL, **kw).eval()
     with torch.no_grad():                                # student and teacher apart, a non-zero center
         for p in model.student.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -61,6 +61,24 @@ def test_dinov2_style_dino_head_keys_load_alike(tmp_path):
     torch.save(_official_full(model, head_prefix="dino_head"), tmp_path / "ck.pth")
     loaded = load_model(tmp_path / "ck.pth")
     torch.testing.assert_close(loaded.student.head.mlp[4].weight, model.student.head.mlp[4].weight)
+
+
+def test_a_head_with_batchnorms_loads_with_its_running_statistics(tmp_path):
+    model = _trained_like(2, head_bn=True)
+    with torch.no_grad():
+        model.teacher.head.mlp[1].running_mean.normal_()
+    torch.save(_official_full(model), tmp_path / "bn.pth")
+    loaded = load_model(tmp_path / "bn.pth")
+    assert loaded.cfg.head_bn and not load_model(_save_plain(tmp_path)).cfg.head_bn
+    torch.testing.assert_close(loaded.teacher.head.mlp[1].running_mean, model.teacher.head.mlp[1].running_mean)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["teacher"], model(x)["teacher"])
+
+
+def _save_plain(tmp_path):
+    torch.save(_official_full(_trained_like(3)), tmp_path / "plain.pth")
+    return tmp_path / "plain.pth"
 
 
 def test_released_backbone_loads_as_a_vit_and_as_a_dino_model(tmp_path):

@@ -216,3 +216,21 @@ def test_hybrid_backbone_tokens_go_through_its_cnn_at_any_crop_size():
     assert cnn.shape == (3, 64, 4, 4)
     out = model(g, local)
     assert out["student"].shape == (5, 16) and out["teacher"].shape == (2, 16)
+
+
+def test_head_bn_follows_each_hidden_linear_in_the_official_layout_and_normalises_over_the_batch():
+    torch.manual_seed(0)
+    model = vitlab.create_model("dino_vit_micro_patch4_32", out_dim=16, hidden_dim=32, bottleneck_dim=8,
+                                head_bn=True)
+    for net in (model.student, model.teacher):
+        kinds = [type(m).__name__ for m in net.head.mlp]
+        assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
+    keys = [k for k in model.student.state_dict() if k.startswith("head.mlp.")]
+    assert {k.split(".")[2] for k in keys} == {"0", "1", "3", "4", "6"}   # official use_bn_in_head indices
+    model.train()
+    head = model.student.head
+    h = head.mlp[1](head.mlp[0](torch.randn(64, 64) * 5 + 3))               # (64, 32) after the first norm
+    assert h.mean(dim=0).abs().max() < 1e-5 and h.std(dim=0, unbiased=False).sub(1).abs().max() < 1e-3
+    assert [type(m).__name__ for m in vitlab.create_model("dino_vit_micro_patch4_32", out_dim=16, hidden_dim=32,
+                                                          bottleneck_dim=8).student.head.mlp] == \
+        ["Linear", "GELU", "Linear", "GELU", "Linear"]                      # off by default, as the paper's ViTs

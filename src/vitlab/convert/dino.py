@@ -7,7 +7,8 @@ Two layouts:
   networks, the heads left fresh.
 - the full training checkpoint (`*_full_checkpoint.pth`, main_dino.py's `checkpoint.pth`): {"student", "teacher",
   "dino_loss": {"center"}, "epoch", "optimizer", "args"}; the student DDP-wrapped (`module.` prefix); each network a
-  MultiCropWrapper with `backbone.*` (timm names) and `head.*` (DINOHead: mlp.0/2/4, last_layer.weight_g/_v; a
+  MultiCropWrapper with `backbone.*` (timm names) and `head.*` (DINOHead: mlp.0/2/4, or mlp.0/1/3/4/6 with the
+  head's BatchNorms (use_bn_in_head), last_layer.weight_g/_v; a
   DINOv2-style `dino_head.*` is read alike). The argparse Namespace under "args" is allowed by the weights-only
   loader (it is plain data); nothing else beyond tensors is.
 
@@ -104,7 +105,8 @@ def read_full_dino(path: Path, trust_pickle: bool = False, model: str | None = N
     out_dim, bottleneck = head["last_layer.weight_v"].shape
     args: dict[str, Any] = {"out_dim": int(out_dim), "bottleneck_dim": int(bottleneck),
                             "hidden_dim": int(head["mlp.0.weight"].shape[0]),
-                            "norm_last_layer": bool(torch.all(head["last_layer.weight_g"] == 1))}
+                            "norm_last_layer": bool(torch.all(head["last_layer.weight_g"] == 1)),
+                            "head_bn": "mlp.1.running_mean" in head}      # use_bn_in_head: norms at mlp.1, mlp.4
     pe = state["student.backbone.pos_embed"]
     patch = state["student.backbone.patch_embed.proj.weight"].shape[-1]
     side = round((pe.shape[1] - 1) ** 0.5)

@@ -56,6 +56,11 @@ class DINOConfig:
     hue_jitter: float = 0.1                  # colour jitter's hue range (the paper's 0.1; 0.5 = any hue, for data
                                              # whose colours are a nuisance to the labels, like `scenes`' shapes)
     grayscale_p: float = 0.2                 # probability of a grayscale view (the paper's 0.2)
+    colour_jitter: tuple[float, float, float] = (0.4, 0.4, 0.2)   # brightness, contrast, saturation (the paper's;
+                                             # SimCLR's strong jitter is 0.8, 0.8, 0.8)
+    colour_jitter_p: float = 0.8             # probability of the colour jitter (the paper's 0.8)
+    head_bn: bool = False                    # BatchNorm after the head's two hidden layers (the official
+                                             # --use_bn_in_head; off for ViTs in the paper)
     backbone_weight_init: str = ""           # the backbone's ViTConfig.weight_init ("" or "jax"); the head keeps
                                              # the paper's truncated normal 0.02 whatever this is
     num_classes: int = 0                     # labels of the data it was trained on (informative; no classifier)
@@ -63,12 +68,20 @@ class DINOConfig:
     std: tuple[float, ...] | None = None
 
 
-def check_colour_jitter(hue: float, grayscale_p: float) -> None:
-    """Refuse a hue range outside [0, 0.5] or a grayscale probability outside [0, 1] (one-line VitlabErrors)."""
+def check_colour_jitter(hue: float, grayscale_p: float, jitter: tuple[float, ...] = (0.4, 0.4, 0.2),
+                        jitter_p: float = 0.8) -> None:
+    """Refuse a hue range outside [0, 0.5], a grayscale or jitter probability outside [0, 1], or a colour jitter
+    that is not three strengths (brightness, contrast, saturation) in [0, 1] (one-line VitlabErrors)."""
     if not 0.0 <= hue <= 0.5:
         raise VitlabError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue}")
     if not 0.0 <= grayscale_p <= 1.0:
         raise VitlabError(f"grayscale_p must be a probability in [0, 1], got {grayscale_p}")
+    if not 0.0 <= jitter_p <= 1.0:
+        raise VitlabError(f"colour_jitter_p must be a probability in [0, 1], got {jitter_p}")
+    if (not isinstance(jitter, (list, tuple)) or len(jitter) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in jitter)):
+        raise VitlabError(f"colour_jitter must be three strengths in [0, 1] (brightness, contrast, saturation), "
+                          f"got {jitter!r}")
 
 
 def check_config(cfg: DINOConfig) -> None:
@@ -95,7 +108,7 @@ def check_config(cfg: DINOConfig) -> None:
         scale = getattr(cfg, field)
         need(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0, field,
              "two area fractions 0 < low <= high <= 1")
-    check_colour_jitter(cfg.hue_jitter, cfg.grayscale_p)
+    check_colour_jitter(cfg.hue_jitter, cfg.grayscale_p, cfg.colour_jitter, cfg.colour_jitter_p)
 
 
 class WeightNormLinear(nn.Module):
@@ -117,13 +130,17 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """features (B, in) -> prototype scores (B, K): MLP -> l2-normalise -> weight-normalised linear."""
+    """features (B, in) -> prototype scores (B, K): MLP -> l2-normalise -> weight-normalised linear. With `bn`
+    a BatchNorm follows each hidden linear (the official use_bn_in_head layout: mlp.{0,3,6} linears, mlp.{1,4}
+    norms)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 norm_last_layer: bool = True) -> None:
+                 norm_last_layer: bool = True, bn: bool = False) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        def hidden(i: int, o: int) -> list[nn.Module]:
+            return [nn.Linear(i, o)] + ([nn.BatchNorm1d(o)] if bn else []) + [nn.GELU()]
+        self.mlp = nn.Sequential(*hidden(in_dim, hidden_dim), *hidden(hidden_dim, hidden_dim),
+                                 nn.Linear(hidden_dim, bottleneck_dim))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -189,6 +206,7 @@ class DINO(nn.Module):
         super().__init__()
         cfg = DINOConfig(**{**asdict(cfg or DINOConfig()), **kwargs})
         cfg.global_crops_scale, cfg.local_crops_scale = tuple(cfg.global_crops_scale), tuple(cfg.local_crops_scale)
+        cfg.colour_jitter = tuple(cfg.colour_jitter) if isinstance(cfg.colour_jitter, list) else cfg.colour_jitter
         check_config(cfg)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
@@ -201,11 +219,11 @@ class DINO(nn.Module):
         cfg.mean = tuple(cfg.mean or student_backbone.cfg.mean)
         cfg.std = tuple(cfg.std or student_backbone.cfg.std)
         self.student = MultiCropNet(student_backbone, DINOHead(dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
-                                                               cfg.norm_last_layer))
+                                                               cfg.norm_last_layer, cfg.head_bn))
         teacher_backbone = build_model(cfg.backbone, num_classes=0, img_size=cfg.img_size, drop_path_rate=0.0,
                                        **init)
         self.teacher = MultiCropNet(teacher_backbone, DINOHead(dim, cfg.out_dim, cfg.hidden_dim,
-                                                               cfg.bottleneck_dim, cfg.norm_last_layer))
+                                                               cfg.bottleneck_dim, cfg.norm_last_layer, cfg.head_bn))
         self.teacher.load_state_dict(self.student.state_dict())      # the teacher starts as the student
         self.teacher.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))

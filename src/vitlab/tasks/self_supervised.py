@@ -38,23 +38,24 @@ class MultiCropAugment(nn.Module):
     DINO's views (§ Appendix; the paper's scale ranges): random resized crops (global 0.4-1, local 0.05-0.4 of the
     area), flips, colour jitter (0.4, 0.4, 0.2, hue 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (p 1.0 / 0.1 on
     the two global views, 0.5 on the local ones; sigma scaled to the image side) and solarisation (second global
-    view, p 0.2). `hue` and `grayscale_p` override the paper's 0.1 and 0.2. Views are stacked view-major: rows
-    [v B, (v + 1) B) are view v.
+    view, p 0.2). `jitter` (brightness, contrast, saturation), `hue`, `jitter_p` and `grayscale_p` override the
+    paper's values. Views are stacked view-major: rows [v B, (v + 1) B) are view v.
     """
 
     def __init__(self, img_size: int, local_size: int, num_local: int, global_scale: tuple[float, float],
                  local_scale: tuple[float, float], mean: tuple[float, ...], std: tuple[float, ...],
-                 hue: float = 0.1, grayscale_p: float = 0.2) -> None:
+                 hue: float = 0.1, grayscale_p: float = 0.2, jitter: tuple[float, float, float] = (0.4, 0.4, 0.2),
+                 jitter_p: float = 0.8) -> None:
         super().__init__()
         from ..models.dino import check_colour_jitter
 
-        check_colour_jitter(hue, grayscale_p)
+        check_colour_jitter(hue, grayscale_p, jitter, jitter_p)
         self.num_local = num_local
         sigma = (0.1, 2.0 * img_size / 224)                        # the paper's 0.1-2 px at 224 px
 
         def view(size: int, scale: tuple[float, float], blur: float, solarize: float = 0.0) -> nn.Sequential:
             ops = [K.RandomResizedCrop((size, size), scale=scale), K.RandomHorizontalFlip(),
-                   K.ColorJitter(0.4, 0.4, 0.2, hue, p=0.8), K.RandomGrayscale(p=grayscale_p)]
+                   K.ColorJitter(*jitter, hue, p=jitter_p), K.RandomGrayscale(p=grayscale_p)]
             if blur > 0:
                 ops.append(K.RandomGaussianBlur((5, 5), sigma, p=blur))
             if solarize > 0:
@@ -155,7 +156,7 @@ class SelfSupervisedTask(LabelledImageBatches, Task):
         c = model.cfg
         return MultiCropAugment(image_size, c.local_size, c.num_local_crops, c.global_crops_scale,
                                 c.local_crops_scale, *mean_std(model), hue=c.hue_jitter,
-                                grayscale_p=c.grayscale_p)
+                                grayscale_p=c.grayscale_p, jitter=c.colour_jitter, jitter_p=c.colour_jitter_p)
 
     def objective(self, cfg: Any, model: nn.Module, device: torch.device) -> Any:
         return DINOObjective(model, cfg.epochs, cfg.weight_decay)
