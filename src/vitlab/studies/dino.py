@@ -18,7 +18,7 @@ the threads (the DINO runs first, they are the long ones). The objects are drawn
 (--objects large, the default; data spec scenes:N,object_size=large): 4-6 patches of 8 px across and ~16% of the
 image, so that a 60%-mass mask can overlap them; --objects default gives scenes' own (2-4 patches, ~4%).
 
-    vitlab study dino                             # the full settings: 2 seeds, ~27 minutes on one thread
+    vitlab study dino                             # the full settings: 4 seeds, two at a time (--jobs 2)
     vitlab study dino --model-arg teacher_temp=0.02 --model-arg warmup_teacher_temp=0.02 --background plain
     vitlab study dino --quick                     # a seconds-long smoke test, no verdict
 """
@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int_arg(at_least=1), default=4, help="epochs of each model (default 4)")
     p.add_argument("--batch-size", type=int_arg(at_least=2), default=64)
     p.add_argument("--lr", type=float_arg(above=0), default=1e-3, help="peak learning rate of both models")
-    p.add_argument("--seeds", type=int_arg(at_least=1), default=2)
+    p.add_argument("--seeds", type=int_arg(at_least=1), default=None,
+                   help="seeds (default 4; 2 with --quick). With --jobs 2, 4 seeds take the wall time of 3")
     p.add_argument("--seed", type=int_arg(at_least=0), default=0, help="first seed")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="DINO model argument (repeatable, as in vitlab train), e.g. teacher_temp=0.02; "
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_train = 32 if args.quick else args.train_images
     epochs, batch = (1, 16) if args.quick else (args.epochs, args.batch_size)
     data = scenes_spec(n_train, args.background, args.objects)
-    seeds = [args.seed + i for i in range(args.seeds)]
+    seeds = [args.seed + i for i in range(args.seeds or (2 if args.quick else 4))]
     configs = {}
     for seed in seeds:
         common = dict(data=data, epochs=epochs, batch_size=batch, lr=args.lr, seed=seed, img_size=size,
