@@ -25,6 +25,8 @@ SMALL = {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8}
     ({"hue_jitter": 0.7}, "hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got 0.7"),
     ({"grayscale_p": -0.1}, "grayscale_p must be a probability in [0, 1], got -0.1"),
     ({"colour_jitter_p": 2.0}, "colour_jitter_p must be a probability in [0, 1], got 2.0"),
+    ({"colour_jitter": 0.8},
+     "colour_jitter must be three strengths in [0, 1] (brightness, contrast, saturation), got 0.8"),
     ({"colour_jitter": [0.8, 0.8]},
      "colour_jitter must be three strengths in [0, 1] (brightness, contrast, saturation), got (0.8, 0.8)"),
     ({"colour_jitter": (0.8, 1.5, 0.8)},
