@@ -68,8 +68,7 @@ class DINOConfig:
     std: tuple[float, ...] | None = None
 
 
-def check_colour_jitter(hue: float, grayscale_p: float, jitter: tuple[float, ...] = (0.4, 0.4, 0.2),
-                        jitter_p: float = 0.8) -> None:
+def check_colour_jitter(hue: float, grayscale_p: float, jitter: tuple[float, ...], jitter_p: float) -> None:
     """Refuse a hue range outside [0, 0.5], a grayscale or jitter probability outside [0, 1], or a colour jitter
     that is not three strengths (brightness, contrast, saturation) in [0, 1] (one-line VitlabErrors)."""
     if not 0.0 <= hue <= 0.5:
