@@ -128,3 +128,23 @@ def test_explain_shows_the_cls_attention_of_dino_and_supervised_models(tmp_path,
     path = plot_cls_attention([("DINO", dino), ("supervised", vitlab.create_model("vit_micro_patch4_32"))], images,
                               tmp_path / "both.png")
     assert path.stat().st_size > 0
+
+
+def test_study_quick_mode_trains_in_one_process_whatever_jobs_says(tmp_path, monkeypatch):
+    import vitlab.studies.dino as study
+
+    seen = {}
+
+    class Stop(BaseException):           # not an error the CLI reports: it stops the study before anything trains
+        pass
+
+    def record(runs, jobs=1, fn=None):
+        seen["jobs"], seen["runs"] = jobs, len(runs)
+        raise Stop
+
+    monkeypatch.setattr(study, "train_all", record)
+    for quick, jobs in ((True, 1), (False, 2)):
+        args = [*(["--quick"] if quick else []), "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / f"q{quick}")]
+        with pytest.raises(Stop):
+            main(["study", "dino", *args])
+        assert seen == {"jobs": jobs, "runs": 4}

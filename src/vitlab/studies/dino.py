@@ -31,7 +31,7 @@ from typing import Any
 
 from ..checks import float_arg, int_arg, parse_model_args, text_arg
 from ..io import atomic_path
-from ._common import add_jobs_argument, finish, train_all
+from ._common import add_jobs_argument, finish, quick_args, train_all
 from .verdict import compare, format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..registry import create_model, default_config
     from ..train import TrainConfig
 
+    if args.quick:
+        args = quick_args(args, NAME, add_arguments)           # --jobs 1
     dino_name = "dino_vit_micro_patch4_32" if args.quick else args.model
     dino_args = parse_model_args(args.model_arg)
     cfg = default_config(dino_name)
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     order = sorted(configs, key=lambda k: (k[0] != "dino", k[1]))    # the long DINO runs first
     log.info("%s: seeds %s: DINO (%s) and supervised (%s), %d epochs each, %d at a time", NAME, seeds, dino_name,
              supervised_name, epochs, args.jobs)
-    trained = dict(zip(order, train_all([configs[k] for k in order], jobs=1 if args.quick else args.jobs,
+    trained = dict(zip(order, train_all([configs[k] for k in order], jobs=args.jobs,
                                         fn=train_config)))
     per_seed = []
     for seed in seeds:
