@@ -105,3 +105,41 @@ def test_not_a_multicrop_wrapper_is_refused(tmp_path):
                tmp_path / "bad.pth")
     with pytest.raises(VitlabError, match="'student' is not a DINO MultiCropWrapper state dict"):
         load_model(tmp_path / "bad.pth")
+
+
+def test_hf_vitmodel_dino_directory_loads_as_the_vit_it_is(tmp_path):
+    """A directory laid out as facebook/dino-vits16 (transformers' ViTModel without the pooler, ImageNet
+    normalisation in preprocessor_config.json) loads as a plain ViT whose [CLS] features are HF's
+    last_hidden_state[:, 0], and `vitlab eval --protocol knn` takes it as a checkpoint."""
+    transformers = pytest.importorskip("transformers", reason="transformers is the HF reference (dev dependency)")
+    from safetensors.torch import load_file
+
+    from vitlab.cli import main
+    from vitlab.eval_protocols import evaluate_protocol
+    from vitlab.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+    # ViT-S/16's widths (384, 6 heads, MLP 1536), 2 of its 12 blocks, at 64 px
+    cfg = transformers.ViTConfig(hidden_size=384, num_hidden_layers=2, num_attention_heads=6,
+                                 intermediate_size=1536, patch_size=16, image_size=64)
+    torch.manual_seed(0)
+    ref = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():                                # no zero biases or unit norms left to hide a wrong key
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf_dir = tmp_path / "dino-vits16"
+    ref.save_pretrained(hf_dir)
+    transformers.ViTImageProcessor(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(hf_dir)
+    assert not any(k.startswith("pooler") for k in load_file(hf_dir / "model.safetensors"))
+
+    ours = load_model(hf_dir).eval()
+    assert tuple(ours.cfg.mean) == pytest.approx(IMAGENET_MEAN) and tuple(ours.cfg.std) == pytest.approx(IMAGENET_STD)
+    x = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = ref(pixel_values=(x - mean) / std).last_hidden_state[:, 0]
+        got = ours.forward_head(ours.forward_features((x - mean) / std), pre_logits=True)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    result = evaluate_protocol(str(hf_dir), "scenes:24", "knn")
+    assert result["feature_dim"] == 384 and 0.0 <= result["knn_top1"] <= 100.0
+    assert main(["eval", "--protocol", "knn", "--checkpoint", str(hf_dir), "--data", "scenes:24"]) == 0
