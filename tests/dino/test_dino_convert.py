@@ -3,6 +3,7 @@ timm ViT keys, no head) and main_dino.py's full checkpoint (student/teacher Mult
 student, the center under dino_loss, an argparse Namespace under args). The files are written here from our own
 models under the official key names."""
 import argparse
+import json
 
 import pytest
 import torch
@@ -107,7 +108,7 @@ def test_not_a_multicrop_wrapper_is_refused(tmp_path):
         load_model(tmp_path / "bad.pth")
 
 
-def test_hf_vitmodel_dino_directory_loads_as_the_vit_it_is(tmp_path):
+def test_hf_vitmodel_dino_directory_loads_as_the_vit_it_is(tmp_path, capsys):
     """A directory laid out as facebook/dino-vits16 (transformers' ViTModel without the pooler, ImageNet
     normalisation in preprocessor_config.json) loads as a plain ViT whose [CLS] features are HF's
     last_hidden_state[:, 0], and `vitlab eval --protocol knn` takes it as a checkpoint."""
@@ -115,7 +116,6 @@ def test_hf_vitmodel_dino_directory_loads_as_the_vit_it_is(tmp_path):
     from safetensors.torch import load_file
 
     from vitlab.cli import main
-    from vitlab.eval_protocols import evaluate_protocol
     from vitlab.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
     # ViT-S/16's widths (384, 6 heads, MLP 1536), 2 of its 12 blocks, at 64 px
@@ -140,6 +140,7 @@ def test_hf_vitmodel_dino_directory_loads_as_the_vit_it_is(tmp_path):
         got = ours.forward_head(ours.forward_features((x - mean) / std), pre_logits=True)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
-    result = evaluate_protocol(str(hf_dir), "scenes:24", "knn")
+    capsys.readouterr()
+    assert main(["eval", "--protocol", "knn", "--checkpoint", str(hf_dir), "--data", "scenes:24", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["feature_dim"] == 384 and 0.0 <= result["knn_top1"] <= 100.0
-    assert main(["eval", "--protocol", "knn", "--checkpoint", str(hf_dir), "--data", "scenes:24"]) == 0
