@@ -6,10 +6,11 @@ nothing sits at each label's untrained level; one that learned a nuisance attrib
 shape.
 
     python benchmarks/dino_attributes.py RUN [RUN ...] [--train-images 8000] [--untrained vit_micro_patch8_64]
-                                         [--background textured|plain] [--objects default|large]
+                                         [--background textured|plain] [--objects default|large] [--img-size 64]
 
 Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain][,object_size=large]`
-as `vitlab train` builds it (seed 0, N train / N // 4 val, 64 px); the memory bank is the train split, the queries
+as `vitlab train` builds it (seed 0, N train / N // 4 val, at --img-size: 64 px, or 32 for runs trained with
+`--img-size 32`); the memory bank is the train split, the queries
 the val split.
 """
 from __future__ import annotations
@@ -68,9 +69,10 @@ def main() -> None:
                    help="the scenes' background (data spec scenes:N,background=plain)")
     p.add_argument("--objects", default="default", choices=sorted(OBJECT_SIZES),
                    help="the objects' sizes (data spec scenes:N,object_size=large)")
+    p.add_argument("--img-size", type=int, default=64, help="the side the scenes are drawn at (the runs' --img-size)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    train, val = build_scenes(64, seed=0, n_train=args.train_images, n_val=max(1, args.train_images // 4),
+    train, val = build_scenes(args.img_size, seed=0, n_train=args.train_images, n_val=max(1, args.train_images // 4),
                               max_objects=1, background=args.background, size_classes=OBJECT_SIZES[args.objects])
     rows = []
     for run in args.runs:
@@ -79,8 +81,8 @@ def main() -> None:
     for name in args.untrained:
         torch.manual_seed(0)
         kw = {"weight_init": "jax"} if name.startswith("vit_") else {}      # the init the runs above start from
-        rows.append({"model": f"{name} (untrained, seed 0)", **measure(vitlab.create_model(name, num_classes=6,
-                                                                                             **kw).eval(), train, val)})
+        model = vitlab.create_model(name, num_classes=6, img_size=args.img_size, **kw).eval()
+        rows.append({"model": f"{name} (untrained, seed 0)", **measure(model, train, val)})
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as f:

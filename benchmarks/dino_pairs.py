@@ -1,0 +1,75 @@
+"""`vitlab study dino`'s table and verdicts for DINO and supervised runs trained by hand: one `vitlab train` DINO run
+and one supervised run per seed (same data, schedule and --img-size), scored by the study's own `measure` (k-NN
+top-1 and 60%-mass attention Jaccard of both, and of the untrained backbone under the seed) and `summarize`.
+For schedules or image sizes the study's CLI does not offer (e.g. 80 epochs at 32 px).
+
+    python benchmarks/dino_pairs.py --pair 0 RUNS/dino_s0 RUNS/sup_s0 --pair 1 RUNS/dino_s1 RUNS/sup_s1 --out DIR
+
+Each run's config.json gives the data spec, epochs, batch and --img-size; the pairs must agree on them. Writes
+DIR/dino.json (the study's layout) and DIR/dino_attention.png (the first pair), and prints the verdicts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vitlab.studies.dino import attention_figure, measure, summarize
+
+
+def run_config(run: str) -> dict[str, Any]:
+    """The `train` block and model arguments of a run's config.json."""
+    cfg = json.loads((Path(run) / "config.json").read_text())
+    return {**cfg["train"], "model_args": cfg["train"].get("model_args") or {}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pair", nargs=3, action="append", required=True, metavar=("SEED", "DINO_RUN", "SUP_RUN"))
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    per_seed, first = [], None
+    for seed, dino_dir, sup_dir in args.pair:
+        dino, sup = run_config(dino_dir), run_config(sup_dir)
+        shared = ("data", "epochs", "batch_size", "img_size", "seed")
+        if any(dino[k] != sup[k] for k in shared) or dino["seed"] != int(seed):
+            raise SystemExit(f"--pair {seed}: the runs differ in {[k for k in shared if dino[k] != sup[k]]} "
+                             f"or the seed is not {seed}")
+        first = first or (dino, sup, dino_dir, sup_dir)
+        metrics = json.loads((Path(dino_dir) / "metrics.json").read_text())
+        sup_metrics = json.loads((Path(sup_dir) / "metrics.json").read_text())
+        untrained = (sup["model"], {**sup["model_args"], "img_size": sup["img_size"]})
+        row = {"seed": int(seed), "collapsed": metrics["collapsed"], "teacher_entropy": metrics["teacher_entropy"],
+               "supervised_val_top1": sup_metrics["val_top1"], "dino_train_s": metrics["wall_time_s"],
+               "supervised_train_s": sup_metrics["wall_time_s"],
+               **measure(dino_dir, sup_dir, dino["data"], dino["img_size"], int(seed), untrained=untrained)}
+        per_seed.append(row)
+        print(json.dumps({k: row[k] for k in ("seed", "dino", "supervised", "untrained")}), flush=True)
+    dino, sup, dino_dir, sup_dir = first
+    dino_args = {k: v for k, v in dino["model_args"].items() if k != "img_size"}
+    ns = argparse.Namespace(quick=False, train_images=int(dino["data"].split(":")[1].split(",")[0]), lr=dino["lr"],
+                            model_arg=[f"{k}={json.dumps(v) if isinstance(v, list) else v}"
+                                       for k, v in dino_args.items()],
+                            background="plain" if "background=plain" in dino["data"] else "textured",
+                            objects="large" if "object_size=large" in dino["data"] else "default")
+    results = summarize(per_seed, ns, dino["model"], sup["model"], dino["data"], dino["epochs"], dino["batch_size"],
+                        dino_args)
+    results["img_size"] = dino["img_size"]
+    results["command"] = "python benchmarks/dino_pairs.py " + " ".join(
+        f"--pair {s} {d} {u}" for s, d, u in args.pair) + f" --out {args.out}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dino.json").write_text(json.dumps(results, indent=2) + "\n")
+    attention_figure(Path(dino_dir), Path(sup_dir), dino["data"], dino["img_size"], per_seed[0]["seed"],
+                     out / "dino_attention.png")
+    t = results["table"]
+    print(f"k-NN DINO {t['dino']['knn_top1']}, supervised {t['supervised']['knn_top1']}, untrained "
+          f"{t['untrained']['knn_top1']}; ratio {results['knn_ratio']:.3f} (target {results['knn_target']})")
+    for key in ("claim", "claim_mean_head", "dino_above_untrained"):
+        c = results[key]
+        print(f"{key}: {c['difference']:+.4f} (se {c['standard_error']}): {c['verdict']}")
+
+
+if __name__ == "__main__":
+    main()
