@@ -48,11 +48,8 @@ def main() -> None:
         print(json.dumps({k: row[k] for k in ("seed", "dino", "supervised", "untrained")}), flush=True)
     dino, sup, dino_dir, sup_dir = first
     dino_args = {k: v for k, v in dino["model_args"].items() if k != "img_size"}
-    ns = argparse.Namespace(quick=False, train_images=int(dino["data"].split(":")[1].split(",")[0]), lr=dino["lr"],
-                            model_arg=[f"{k}={json.dumps(v) if isinstance(v, list) else v}"
-                                       for k, v in dino_args.items()],
-                            background="plain" if "background=plain" in dino["data"] else "textured",
-                            objects="large" if "object_size=large" in dino["data"] else "default")
+    # summarize reads these fields only for its command line, which is replaced below by this script's own
+    ns = argparse.Namespace(quick=False, train_images=0, lr=dino["lr"], model_arg=[], background="", objects="")
     results = summarize(per_seed, ns, dino["model"], sup["model"], dino["data"], dino["epochs"], dino["batch_size"],
                         dino_args)
     results["img_size"] = dino["img_size"]
