@@ -34,8 +34,8 @@ def main() -> None:
         dino, sup = run_config(dino_dir), run_config(sup_dir)
         shared = ("data", "epochs", "batch_size", "img_size", "seed")
         if any(dino[k] != sup[k] for k in shared) or dino["seed"] != int(seed):
-            raise SystemExit(f"--pair {seed}: the runs differ in {[k for k in shared if dino[k] != sup[k]]} "
-                             f"or the seed is not {seed}")
+            p.error(f"--pair {seed}: the runs differ in {[k for k in shared if dino[k] != sup[k]]} "
+                    f"or the seed is not {seed}")
         first = first or (dino, sup, dino_dir, sup_dir)
         metrics = json.loads((Path(dino_dir) / "metrics.json").read_text())
         sup_metrics = json.loads((Path(sup_dir) / "metrics.json").read_text())
