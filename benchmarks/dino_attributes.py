@@ -10,8 +10,7 @@ shape.
 
 Writes one JSON line per model to stdout (and --json PATH). Data: `scenes:N[,background=plain][,object_size=large]`
 as `vitlab train` builds it (seed 0, N train / N // 4 val, at --img-size: 64 px, or 32 for runs trained with
-`--img-size 32`); the memory bank is the train split, the queries
-the val split.
+`--img-size 32`); the memory bank is the train split, the queries the val split.
 """
 from __future__ import annotations
 

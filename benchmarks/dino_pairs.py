@@ -15,12 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vitlab.checkpoint_files import read_config
+from vitlab.errors import VitlabError
 from vitlab.studies.dino import attention_figure, measure, summarize
 
 
 def run_config(run: str) -> dict[str, Any]:
-    """The `train` block and model arguments of a run's config.json."""
-    cfg = json.loads((Path(run) / "config.json").read_text())
+    """The `train` block of a run's config.json (vitlab's own reader), with its model arguments."""
+    cfg = read_config(run)
+    if "train" not in cfg:
+        raise VitlabError(f"{run}: not a `vitlab train` run (its config.json has no train block)")
     return {**cfg["train"], "model_args": cfg["train"].get("model_args") or {}}
 
 
@@ -31,11 +35,14 @@ def main() -> None:
     args = p.parse_args()
     per_seed, first = [], None
     for seed, dino_dir, sup_dir in args.pair:
-        dino, sup = run_config(dino_dir), run_config(sup_dir)
-        shared = ("data", "epochs", "batch_size", "img_size", "seed")
-        if any(dino[k] != sup[k] for k in shared) or dino["seed"] != int(seed):
-            p.error(f"--pair {seed}: the runs differ in {[k for k in shared if dino[k] != sup[k]]} "
-                    f"or the seed is not {seed}")
+        try:
+            dino, sup = run_config(dino_dir), run_config(sup_dir)
+        except VitlabError as e:
+            p.error(str(e))
+        differ = [k for k in ("data", "epochs", "batch_size", "img_size", "seed") if dino[k] != sup[k]]
+        if differ or dino["seed"] != int(seed):
+            p.error(f"--pair {seed}: " + (f"the two runs differ in {differ}" if differ
+                                          else f"the runs' seed is {dino['seed']}, not {seed}"))
         first = first or (dino, sup, dino_dir, sup_dir)
         metrics = json.loads((Path(dino_dir) / "metrics.json").read_text())
         sup_metrics = json.loads((Path(sup_dir) / "metrics.json").read_text())
